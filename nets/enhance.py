@@ -1,0 +1,42 @@
+"""The Low-FaceNet enhancement network (Retinex style): predicts an illumination map i, returns r = x / i."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _conv(cin, cout):
+    return nn.Conv2d(cin, cout, 3, 1, 1, bias=True)
+
+
+class EnhanceNet(nn.Module):
+    """Input x in [0,1], Bx3xHxW of any size; forward returns (r, i) = (enhanced, illumination)."""
+
+    def __init__(self):
+        super().__init__()
+        self.e_conv1 = _conv(3, 64)
+        self.e_conv2 = _conv(64, 64)
+        self.e_conv3 = _conv(64, 64)
+        self.e_conv4 = _conv(128, 64)
+        self.e_conv5 = _conv(128, 64)
+        self.e_conv6 = _conv(64, 3)
+        self.conv = nn.Sequential(_conv(3, 128), _conv(128, 128), nn.ReLU(inplace=True),
+                                  _conv(128, 64), _conv(64, 16), _conv(16, 3), nn.Sigmoid())
+
+    def forward(self, x):
+        x1 = F.relu(self.e_conv1(x))
+        x2 = F.relu(self.e_conv2(x1))
+        x3 = F.relu(self.e_conv3(x2))
+        x4 = F.relu(self.e_conv4(torch.cat([x2, x3], 1)))
+        x5 = F.relu(self.e_conv5(torch.cat([x1, x4], 1)))
+        x6 = F.relu(self.e_conv6(x5))
+        i = torch.clamp(self.conv(x6) + x, 1e-4, 1)
+        r = torch.clamp(x / i, 0, 1)
+        return r, i
+
+
+def init_weights(model, std=0.02):
+    """Fresh-training initialization of the published code: every Conv2d weight ~ N(0, std), biases untouched."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, 0.0, std)
+    return model

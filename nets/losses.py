@@ -1,0 +1,129 @@
+"""The training losses of Low-FaceNet (SPEC section 3) and the objective that combines them."""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Published weights of each term in the training objective.
+WEIGHTS = {"contrast_feature": 0.62, "contrast_brightness": 0.22, "perceptual": 1.0, "color": 0.05,
+           "smooth": 0.65, "seg_brightness": 1.0, "face": 1.0}
+CONTRAST_TAP_WEIGHTS = (1 / 32, 1 / 16, 1 / 8)  # relu1_2, relu2_2, relu3_3
+SMOOTH_OFFSETS = ((1, 0), (0, 1), (1, 1), (1, -1), (2, 0), (0, 2), (2, 1), (2, -1), (1, 2), (1, -2), (2, 2), (2, -2))
+NUM_CLASSES = 11
+
+
+def contrast_feature_loss(a_feats, p_feats, n_feats):
+    """Sum over taps of w * L1(a, p) / (L1(a, n) + 1e-7); positives/negatives carry no gradient."""
+    loss = 0.0
+    for w, a, p, n in zip(CONTRAST_TAP_WEIGHTS, a_feats, p_feats, n_feats):
+        loss = loss + w * F.l1_loss(a, p.detach()) / (F.l1_loss(a, n.detach()) + 1e-7)
+    return loss
+
+
+def contrast_brightness_loss(enhanced, positives, negatives):
+    """mean|m(a) - m(p)| / (mean|m(a) - m(n)| + 1e-7) with m the channel mean (Bx1xHxW)."""
+    m = enhanced.mean(1, keepdim=True)
+    return (m - positives.mean(1, keepdim=True)).abs().mean() / ((m - negatives.mean(1, keepdim=True)).abs().mean() + 1e-7)
+
+
+def perceptual_loss(input_relu4_3, enhanced_relu4_3):
+    """MSE between relu4_3 features of the low-light input and of the enhanced image."""
+    return F.mse_loss(enhanced_relu4_3, input_relu4_3)
+
+
+def gaussian_kernel(size=21, nsig=3.0):
+    """The published 2-D kernel: sqrt of the outer product of normal-CDF differences, normalized to sum 1."""
+    interval = (2 * nsig + 1.0) / size
+    xs = torch.linspace(-nsig - interval / 2.0, nsig + interval / 2.0, size + 1, dtype=torch.float64)
+    cdf = torch.tensor([0.5 * (1 + math.erf(x / math.sqrt(2))) for x in xs.tolist()], dtype=torch.float64)
+    k1 = cdf[1:] - cdf[:-1]
+    k2 = torch.sqrt(torch.outer(k1, k1))
+    return (k2 / k2.sum()).float()
+
+
+class ColorLoss(nn.Module):
+    """MSE of the blurred enhanced image and blurred positives; the blur sums the 3 channels (published 3x3x21x21 weight)."""
+
+    def __init__(self, size=21):
+        super().__init__()
+        self.register_buffer("weight", gaussian_kernel(size).expand(3, 3, size, size).contiguous(), persistent=False)
+
+    def forward(self, enhanced, positives):
+        pad = self.weight.shape[-1] // 2
+        return F.mse_loss(F.conv2d(enhanced, self.weight, padding=pad), F.conv2d(positives, self.weight, padding=pad))
+
+
+def _shifted_pair(x, dy, dx):
+    """(x[q + o], x[q]) over all q with q and q + o inside the image, o = (dy, dx), dy >= 0."""
+    h, w = x.shape[-2:]
+    x0, x1 = max(0, -dx), w - max(0, dx)
+    return x[..., dy:, x0 + dx:x1 + dx], x[..., :h - dy, x0:x1]
+
+
+def smooth_loss(input, illumination):
+    """Edge-aware smoothness of the illumination over 12 offsets, weights from the RGB low-light input."""
+    loss = 0.0
+    for dy, dx in SMOOTH_OFFSETS:
+        a, b = _shifted_pair(input, dy, dx)
+        w = torch.exp(-0.005 * (a - b).pow(2).sum(1, keepdim=True))  # -1.0/2*0.1*0.1, as published
+        ia, ib = _shifted_pair(illumination, dy, dx)
+        loss = loss + 2 * w.mean() * (ia - ib).abs().mean()
+    return loss
+
+
+def seg_brightness_loss(enhanced, labels, num_classes=NUM_CLASSES):
+    """Per-class brightness variance with the published broadcasting (BxBxHxW) and zero replacement."""
+    grey = enhanced.mean(1, keepdim=True)  # Bx1xHxW
+    loss = 0.0
+    for c in range(num_classes):
+        t = torch.where(labels == c, grey, torch.zeros((), dtype=grey.dtype, device=grey.device))  # BxBxHxW
+        d = t.mean()
+        t = torch.where(t == 0, d, t)
+        loss = loss + (t - d.detach()).pow(2).mean()
+    return loss
+
+
+def color_constancy_loss(enhanced):
+    """Colour-constancy term of the published code (switched off in training); per image, Bx1x1x1."""
+    mr, mg, mb = enhanced.mean((2, 3), keepdim=True).split(1, dim=1)
+    d_rg, d_rb, d_gb = (mr - mg).pow(2), (mr - mb).pow(2), (mb - mg).pow(2)
+    return torch.sqrt(d_rg.pow(2) + d_rb.pow(2) + d_gb.pow(2))
+
+
+class LowFaceNetObjective(nn.Module):
+    """The full training objective with the published weights, for any batch size.
+
+    Built once with the frozen VGG16 trunk and (optionally) the face-recognition loss; forward returns
+    (total, terms, face_logits): terms maps each term name to its unweighted value (detached);
+    face_logits is the BxN cosine-similarity matrix (zero rows where no face was found) or None.
+    Each image goes through the VGG trunk once: the enhanced image with gradient (all four taps),
+    positives, negatives and the input together without gradient.
+    """
+
+    def __init__(self, vgg, face_loss=None, weights=WEIGHTS):
+        super().__init__()
+        self.vgg, self.face_loss, self.weights = vgg, face_loss, dict(weights)
+        self.color = ColorLoss()
+
+    def forward(self, enhanced, illumination, input, positives, negatives, seg_labels, face_labels=None):
+        b = enhanced.shape[0]
+        a_feats = self.vgg(enhanced)
+        with torch.no_grad():
+            ref = self.vgg(torch.cat([positives, negatives, input]))
+        p_feats = [f[:b] for f in ref[:3]]
+        n_feats = [f[b:2 * b] for f in ref[:3]]
+        terms = {
+            "contrast_feature": contrast_feature_loss(a_feats[:3], p_feats, n_feats),
+            "contrast_brightness": contrast_brightness_loss(enhanced, positives, negatives),
+            "perceptual": perceptual_loss(ref[3][2 * b:], a_feats[3]),
+            "color": self.color(enhanced, positives),
+            "smooth": smooth_loss(input, illumination),
+            "seg_brightness": seg_brightness_loss(enhanced, seg_labels),
+        }
+        face_logits = None
+        if self.face_loss is not None and face_labels is not None:
+            terms["face"], face_logits, _ = self.face_loss(enhanced, face_labels)
+            face_logits = face_logits.detach()
+        total = sum(self.weights[k] * v for k, v in terms.items())
+        return total, {k: v.detach() for k, v in terms.items()}, face_logits

@@ -1,0 +1,94 @@
+"""Parity of the enhancement network, every loss term and its gradient, and the metrics with the published code."""
+import pytest
+import torch
+
+from conftest import assert_close, load_manifest, load_parity
+from nets import losses
+from nets.enhance import EnhanceNet
+from nets.vgg import VGGFeatures
+from utils.metrics import psnr, ssim
+from torchvision.models import vgg16
+
+
+def test_enhance_state_dict_matches_manifest():
+    model = EnhanceNet()
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == load_manifest("lowfacenet_enhance")
+
+
+def test_enhance_outputs_match_published():
+    ref = load_parity("enhance")
+    model = EnhanceNet()
+    model.load_state_dict(ref["weights"], strict=True)
+    with torch.no_grad():
+        r, i = model(ref["input"])
+    assert_close(r, ref["r"], rtol=1e-5, atol=1e-6, what="r")
+    assert_close(i, ref["i"], rtol=1e-5, atol=1e-6, what="i")
+
+
+@pytest.fixture(scope="module")
+def loss_ref():
+    ref = load_parity("losses")
+    vgg = VGGFeatures(vgg16(weights=None).features)
+    vgg.load_state_dict(ref["vgg16_features"], strict=True)
+    return ref, vgg
+
+
+def test_vgg_trunk_matches_manifest():
+    vgg = VGGFeatures(vgg16(weights=None).features)
+    assert {k: tuple(v.shape) for k, v in vgg.state_dict().items()} == load_manifest("vgg16_features_0_22")
+
+
+def _term(name, ref, vgg, x):
+    """Value of one loss term as a function of x (the tensor the stored gradient is taken against)."""
+    if name == "contrast_feature":
+        return losses.contrast_feature_loss(vgg(x, 3), vgg(ref["positives"], 3), vgg(ref["negatives"], 3))
+    if name == "contrast_brightness":
+        return losses.contrast_brightness_loss(x, ref["positives"], ref["negatives"])
+    if name == "perceptual":
+        return losses.perceptual_loss(vgg(ref["input"])[3], vgg(x)[3])
+    if name == "color":
+        return losses.ColorLoss()(x, ref["positives"])
+    if name == "smooth":
+        return losses.smooth_loss(ref["input"], x)
+    if name == "seg_brightness":
+        return losses.seg_brightness_loss(x, ref["seg_labels"])
+    if name == "color_consistency":
+        return losses.color_constancy_loss(x).mean()
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("name", ["contrast_feature", "contrast_brightness", "perceptual", "color", "smooth",
+                                  "seg_brightness", "color_consistency"])
+def test_loss_value_and_gradient_match_published(loss_ref, name):
+    ref, vgg = loss_ref
+    x = (ref["illumination"] if name == "smooth" else ref["enhanced"]).clone().requires_grad_(True)
+    value = _term(name, ref, vgg, x)
+    value.backward()
+    assert_close(value, ref["values"][name], rtol=1e-4 if name in ("contrast_feature", "perceptual") else 1e-5,
+                 atol=0, what=f"{name} value")
+    g = ref["grads"][name]
+    assert_close(x.grad, g, rtol=1e-4, atol=1e-4 * g.abs().max().item(), what=f"{name} gradient")
+
+
+def test_stored_reference_covers_every_term():
+    ref = load_parity("losses")
+    assert set(ref["values"]) == set(ref["grads"]) == {"contrast_feature", "contrast_brightness", "perceptual", "color",
+                                                       "smooth", "seg_brightness", "color_consistency"}
+
+
+def test_objective_matches_sum_of_weighted_terms(loss_ref):
+    ref, vgg = loss_ref
+    objective = losses.LowFaceNetObjective(vgg)
+    total, terms, face_logits = objective(ref["enhanced"], ref["illumination"], ref["input"], ref["positives"],
+                                          ref["negatives"], ref["seg_labels"])
+    assert face_logits is None
+    for name, value in terms.items():
+        assert_close(value, ref["values"][name], rtol=1e-4, atol=0, what=name)
+    expected = sum(losses.WEIGHTS[k] * ref["values"][k] for k in terms)
+    assert_close(total, expected, rtol=1e-5, atol=0, what="total")
+
+
+def test_metrics_match_published():
+    ref = load_parity("metrics")
+    assert_close(psnr(ref["pred"], ref["gt"]), ref["psnr"], rtol=1e-5, atol=0, what="psnr")
+    assert_close(ssim(ref["pred"], ref["gt"]), ref["ssim"], rtol=1e-5, atol=0, what="ssim")

@@ -1,0 +1,94 @@
+"""Checkpoint I/O: one loader for every published format, and atomic writes."""
+import os
+import tempfile
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing or does not fit the model it is loaded into."""
+
+
+def read_checkpoint(path, source_hint=""):
+    """torch.load(path, weights_only=True) on the CPU, with one-line errors naming the file."""
+    path = str(path)
+    if not os.path.isfile(path):
+        hint = f" {source_hint}" if source_hint else ""
+        raise CheckpointError(f"{path}: checkpoint not found.{hint}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle with code, truncated zip, not a checkpoint at all
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: not a readable weights-only PyTorch checkpoint ({first[:200]})") from None
+
+
+def unwrap_state_dict(obj, container="bare", strip_prefix=""):
+    """Take the state dict out of a loaded checkpoint: 'bare', or the name of the key that holds it."""
+    if container != "bare" and isinstance(obj, dict) and container in obj:
+        obj = obj[container]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise TypeError(f"expected {'a bare state dict' if container == 'bare' else repr(container) + ' holding a state dict'}")
+    if strip_prefix:
+        obj = {k[len(strip_prefix):] if k.startswith(strip_prefix) else k: v for k, v in obj.items()}
+    return obj
+
+
+def load_weights(model, path, container="bare", strip_prefix="", ignore_prefixes=(), source_hint=""):
+    """Load a checkpoint file into `model` strictly; returns the model.
+
+    container: 'bare' (the file is the state dict) or the key holding it (e.g. 'model_state').
+    strip_prefix: removed from every key (e.g. 'module.' of DataParallel files).
+    ignore_prefixes: extra keys allowed in the file and dropped (e.g. FaceNet's 'classifier.').
+    """
+    obj = read_checkpoint(path, source_hint)
+    kind = "a bare state dict" if container == "bare" else f"a dict with {container!r} holding a state dict"
+    try:
+        state = unwrap_state_dict(obj, container, strip_prefix)
+    except TypeError:
+        raise CheckpointError(f"{path}: expected {kind} of {type(model).__name__}, found {_describe(obj)}") from None
+    state = {k: v for k, v in state.items() if not k.startswith(tuple(ignore_prefixes))} if ignore_prefixes else state
+    check_state_dict(model, state, f"{path}: expected {kind} of {type(model).__name__}")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def check_state_dict(model, state, what):
+    """Raise CheckpointError naming the first missing/unexpected key or shape mismatch."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (first: {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (first: {unexpected[0]})")
+        raise CheckpointError(f"{what}; " + ", ".join(parts))
+    for k, v in own.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"{what}; key {k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}")
+
+
+def _describe(obj):
+    if isinstance(obj, dict):
+        return f"a dict with keys {list(obj)[:5]}"
+    return type(obj).__name__
+
+
+def atomic_save(obj, path):
+    """torch.save to a temporary file beside `path`, then rename: a crash leaves the old or the new file."""
+    path = str(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

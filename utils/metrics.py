@@ -1,0 +1,47 @@
+"""Full-reference image quality: PSNR and SSIM as the published code computes them, plus streaming averages."""
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def psnr(pred, gt):
+    """10 log10(1 / MSE) on [0,1] tensors (the whole tensor's MSE)."""
+    mse = F.mse_loss(pred.float(), gt.float())
+    return 10 * torch.log10(1.0 / mse)
+
+
+def _gaussian_window(size=11, sigma=1.5):
+    g = torch.tensor([math.exp(-((x - size // 2) ** 2) / (2 * sigma ** 2)) for x in range(size)])
+    g = g / g.sum()
+    return torch.outer(g, g)
+
+
+_WINDOW = _gaussian_window()
+
+
+def ssim(pred, gt):
+    """SSIM with an 11x11 Gaussian window (sigma 1.5), per channel, zero padding 5, mean over the whole map."""
+    pred, gt = pred.float(), gt.float()
+    c = pred.shape[1]
+    w = _WINDOW.to(pred.device).expand(c, 1, *_WINDOW.shape)
+    blur = lambda x: F.conv2d(x, w, padding=5, groups=c)
+    mu1, mu2 = blur(pred), blur(gt)
+    mu1_sq, mu2_sq, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2
+    s1, s2, s12 = blur(pred * pred) - mu1_sq, blur(gt * gt) - mu2_sq, blur(pred * gt) - mu12
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    return (((2 * mu12 + c1) * (2 * s12 + c2)) / ((mu1_sq + mu2_sq + c1) * (s1 + s2 + c2))).mean()
+
+
+class Average:
+    """Streaming mean: update(value), then get_results()."""
+
+    def __init__(self):
+        self.total, self.count = 0.0, 0
+
+    def update(self, value, n=1):
+        self.total += float(value) * n
+        self.count += n
+
+    def get_results(self):
+        return self.total / self.count if self.count else float("nan")
