@@ -40,3 +40,25 @@ def init_weights(model, std=0.02):
         if isinstance(m, nn.Conv2d):
             nn.init.normal_(m.weight, 0.0, std)
     return model
+
+
+RECEPTIVE_RADIUS = 11  # eleven 3x3 convolutions: an output pixel sees 11 pixels each way
+
+
+@torch.inference_mode()
+def enhance(model, x, tile=None, halo=16):
+    """Enhanced image r of a Bx3xHxW [0,1] batch. With `tile`, images larger than tile x tile are processed
+    in tiles that overlap by `halo` (>= the receptive radius) so the result equals the whole-image result
+    while memory stays bounded."""
+    assert halo >= RECEPTIVE_RADIUS, f"halo must be at least {RECEPTIVE_RADIUS}"
+    h, w = x.shape[-2:]
+    if tile is None or (h <= tile and w <= tile):
+        return model(x)[0]
+    out = torch.empty_like(x)
+    for y0 in range(0, h, tile):
+        for x0 in range(0, w, tile):
+            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+            ty0, tx0 = max(y0 - halo, 0), max(x0 - halo, 0)
+            r = model(x[..., ty0:min(y1 + halo, h), tx0:min(x1 + halo, w)])[0]
+            out[..., y0:y1, x0:x1] = r[..., y0 - ty0:y1 - ty0, x0 - tx0:x1 - tx0]
+    return out

@@ -1,0 +1,118 @@
+"""Enhance every image of a folder with a Low-FaceNet checkpoint; names, extensions and sub-folders are kept.
+
+    python test.py --underexposed_path dataset/CASIA-Test/underexposed \
+                   --enhanced_path dataset/CASIA-Test/SOTAs/Ours --enhance_checkpoint checkpoint/Low-FaceNet.pth
+
+Images go in whole (no resizing; very large ones in overlapping tiles with the same result) and are written
+as torchvision's save_image writes them. Nothing is deleted; existing outputs are kept unless --overwrite,
+so an interrupted run resumes by running the same command again. Exit status 1 when an image failed.
+"""
+import argparse
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+import nets
+from nets.enhance import enhance
+from utils.checkpoint import CheckpointError
+from utils.images import ImageReadError, list_images, read_image, to_tensor, to_uint8, write_image
+from utils.runtime import resolve_device
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--underexposed_path", default="dataset/CASIA-Test/underexposed", help="folder of low-light images")
+    p.add_argument("--enhanced_path", default="dataset/CASIA-Test/SOTAs/Ours", help="output folder")
+    p.add_argument("--enhance_checkpoint", default="checkpoint/Low-FaceNet.pth")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--batch_size", type=int, default=4, help="images of equal size enhanced together")
+    p.add_argument("--num_workers", type=int, default=2, help="image decoding processes")
+    p.add_argument("--tile", type=int, default=1024, help="images larger than tile x tile go through in tiles")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    return p.parse_args(argv)
+
+
+class ImageFiles(Dataset):
+    """(relative path, 3xHxW tensor or an error message) for each file."""
+
+    def __init__(self, root, files):
+        self.root, self.files = root, files
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        try:
+            return self.files[i], to_tensor(read_image(os.path.join(self.root, self.files[i])))
+        except ImageReadError as e:
+            return self.files[i], str(e)
+
+
+def check_folders(src, dst):
+    """Refuse an output folder that is the input folder or inside it."""
+    if not os.path.isdir(src):
+        sys.exit(f"error: {src}: input folder not found")
+    src_real, dst_real = os.path.realpath(src), os.path.realpath(dst)
+    if os.path.commonpath([src_real, dst_real]) == src_real:
+        sys.exit(f"error: {dst}: the output folder must not be the input folder or inside it ({src})")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    check_folders(args.underexposed_path, args.enhanced_path)
+    device = resolve_device(args.device)
+    try:
+        model = nets.load("enhance", args.enhance_checkpoint, device)
+    except CheckpointError as e:
+        sys.exit(f"error: {e}")
+    files, others = list_images(args.underexposed_path)
+    for rel in others:
+        print(f"skipped {os.path.join(args.underexposed_path, rel)}: not an image file")
+    out = lambda rel: os.path.join(args.enhanced_path, rel)
+    todo = [rel for rel in files if args.overwrite or not os.path.exists(out(rel))]
+    existing = len(files) - len(todo)
+    print(f"enhancing {len(todo)} images from {args.underexposed_path} into {args.enhanced_path} on {device}"
+          + (f" ({existing} already there, kept; --overwrite replaces them)" if existing else ""))
+
+    loader = DataLoader(ImageFiles(args.underexposed_path, todo), batch_size=args.batch_size,
+                        num_workers=args.num_workers, collate_fn=list)
+    failed, pending = [], []
+
+    def finish(job_count):  # collect the oldest writes (bounding memory) and record write errors
+        nonlocal written
+        for rel, job in pending[:job_count]:
+            try:
+                job.result()
+                written += 1
+            except OSError as e:
+                failed.append(f"{out(rel)}: cannot write ({e})")
+                tqdm.write(f"failed {failed[-1]}")
+        del pending[:job_count]
+
+    written = 0
+    with ThreadPoolExecutor(max_workers=2) as writer, tqdm(total=len(todo), unit="img") as bar:
+        for batch in loader:
+            by_size = {}
+            for rel, x in batch:
+                if isinstance(x, str):
+                    failed.append(x)
+                    tqdm.write(f"failed {x}")
+                else:
+                    by_size.setdefault(tuple(x.shape), []).append((rel, x))
+            for group in by_size.values():
+                r = enhance(model, torch.stack([x for _, x in group]).to(device), tile=args.tile)
+                for (rel, _), img in zip(group, r):
+                    pending.append((rel, writer.submit(write_image, to_uint8(img), out(rel))))
+            finish(max(0, len(pending) - 4 * args.batch_size))
+            bar.update(len(batch))
+        finish(len(pending))
+    print(f"done: {written} written, {existing} kept, {len(failed)} failed, {len(others)} non-image files passed over")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Image files: finding them in a folder tree, reading any common format as RGB, writing as save_image does."""
+import os
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class ImageReadError(ValueError):
+    """An image file that cannot be decoded; the message names the file and the reason."""
+
+
+def list_images(root):
+    """(images, others): relative paths of image files below root (flat or sub-folders), sorted, and of
+    the other files (hidden files, .txt, Thumbs.db, ...) that were passed over."""
+    images, others = [], []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            rel = os.path.relpath(os.path.join(folder, name), root)
+            is_image = name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+            (images if is_image else others).append(rel)
+    return images, others
+
+
+def read_image(path):
+    """HxWx3 uint8 RGB array of any readable image: EXIF rotation applied, 16-bit scaled, alpha/palette/CMYK/grey converted."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im, dtype=np.float64)
+                scale = 257.0 if arr.max() > 255 or im.mode.startswith("I;16") else 1.0
+                arr = np.clip(np.rint(arr / scale), 0, 255).astype(np.uint8)
+                return np.repeat(arr[..., None], 3, axis=2)
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        reason = "empty file" if os.path.isfile(path) and os.path.getsize(path) == 0 else str(e) or type(e).__name__
+        raise ImageReadError(f"{path}: cannot read image ({reason})") from None
+
+
+
+def to_tensor(image):
+    """HxWx3 uint8 array -> 3xHxW float tensor in [0,1]."""
+    return torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
+
+
+def to_uint8(tensor):
+    """3xHxW tensor -> HxWx3 uint8 array exactly as torchvision's save_image rounds: floor(clamp(x*255+0.5, 0, 255))."""
+    return tensor.detach().mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to("cpu", torch.uint8).numpy()
+
+
+def write_image(array, path):
+    """Write an HxWx3 uint8 array with PIL (format from the extension, PIL's defaults as save_image),
+    through a temporary file and a rename so a killed run never leaves a half-written image."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.partial{ext}"
+    Image.fromarray(array).save(tmp, format=Image.registered_extensions().get(ext.lower()))
+    os.replace(tmp, path)
