@@ -23,13 +23,29 @@ class Format:
     source: str = DRIVE
 
 
-def _enhance():
-    from nets.enhance import EnhanceNet
-    return EnhanceNet()
+def _build(module, name, *args):
+    """A constructor that imports its module only when called."""
+    def build():
+        import importlib
+        return getattr(importlib.import_module(f"nets.{module}"), name)(*args)
+    return build
 
 
 FORMATS = {
-    "enhance": Format(_enhance, "Low-FaceNet.pth", source=DRIVE + " (or an epochN.pth written by train.py)"),
+    "enhance": Format(_build("enhance", "EnhanceNet"), "Low-FaceNet.pth",
+                      source=DRIVE + " (or an epochN.pth written by train.py)"),
+    "retinaface": Format(_build("retinaface", "RetinaFace"), "Retinaface_mobilenet0.25.pth",
+                         source=DRIVE + " (it is biubug6/Pytorch_Retinaface's mobilenet0.25_Final.pth)"),
+    "facenet_mobilenet": Format(_build("facenet", "FaceNet", "mobilenet"), "facenet_mobilenet.pth",
+                                ignore_prefixes=("classifier.",),
+                                source=DRIVE + " (or bubbliiiing/facenet-pytorch's release)"),
+    "facenet_inception_resnetv1": Format(_build("facenet", "FaceNet", "inception_resnetv1"),
+                                         "facenet_inception_resnetv1.pth", ignore_prefixes=("classifier.",),
+                                         source="bubbliiiing/facenet-pytorch's release; put it in checkpoint/"),
+    "deeplab": Format(_build("deeplab", "deeplabv3plus_mobilenet"), "best_deeplabv3plus_mobilenet_lapa_epoch96.pth",
+                      container="model_state"),
+    "unique": Format(_build("unique", "UNIQUE"), "unique.pt", strip_prefix="module.",
+                     source="github.com/zwx8981/UNIQUE (its model.pt; save it as checkpoint/unique.pt)"),
 }
 
 

@@ -51,3 +51,25 @@ def assert_close(actual, expected, rtol=1e-5, atol=1e-6, what=""):
     expected = torch.as_tensor(expected).detach().double().cpu()
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.fixture(scope="session")
+def facenet_file(tmp_path_factory):
+    """parity_face.pt's FaceNet weights written as a bare-state-dict .pth file (a stand-in facenet_mobilenet.pth)."""
+    path = tmp_path_factory.mktemp("facenet") / "facenet_mobilenet.pth"
+    torch.save(load_parity("face")["facenet_weights"], path)
+    return path
+
+
+def copy_faces(faces, dest, identities, per_identity, flat=False):
+    """Copy the first `per_identity` photos of each of `identities` (folder names of lfw-mini) into dest:
+    LFW layout (dest/NAME/NAME_NNNN.jpg) or, flat=True, dest/NAME_NNNN.jpg. Returns the relative paths."""
+    import shutil
+    rels = []
+    for name in identities:
+        for src in sorted((Path(faces) / name).iterdir())[:per_identity]:
+            rel = src.name if flat else f"{name}/{src.name}"
+            (Path(dest) / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, Path(dest) / rel)
+            rels.append(rel)
+    return rels

@@ -25,7 +25,9 @@ def read_checkpoint(path, source_hint=""):
 
 def unwrap_state_dict(obj, container="bare", strip_prefix=""):
     """Take the state dict out of a loaded checkpoint: 'bare', or the name of the key that holds it."""
-    if container != "bare" and isinstance(obj, dict) and container in obj:
+    if container != "bare":
+        if not (isinstance(obj, dict) and container in obj):
+            raise TypeError(container)
         obj = obj[container]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise TypeError(f"expected {'a bare state dict' if container == 'bare' else repr(container) + ' holding a state dict'}")

@@ -1,0 +1,76 @@
+"""Training data: low-light face images with parsing maps and identities, plus unpaired contrastive samples."""
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms.functional import resize
+
+from utils.face_database import identity_of
+from utils.images import list_images, read_image, to_tensor
+
+
+def load_resized(path, size):
+    """3 x size x size float image in [0,1], resized (not cropped) as the published loader does."""
+    return resize(to_tensor(read_image(path)), [size, size], antialias=True).clamp_(0, 1)
+
+
+def load_labels(path, size):
+    """size x size long parsing map, resized with nearest neighbour (never invents classes)."""
+    try:
+        with Image.open(path) as im:
+            arr = np.array(im)  # 'L' and 'P' maps give the class indices themselves
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read parsing map ({e})") from None
+    labels = torch.from_numpy((arr[..., 0] if arr.ndim == 3 else arr).astype(np.int64))
+    return F.interpolate(labels[None, None].float(), size=(size, size), mode="nearest")[0, 0].long()
+
+
+class TrainSet(Dataset):
+    """Items (low-light image, parsing labels, identity index, positive, negative) of dataset/NAME.
+
+    root: dataset/NAME with underexposed/ and seg/ (PNG label maps, same stem); names: the identities of
+    the face database, in encoding order. Each item also draws one normal-light positive and one
+    low-light negative at random; the draw depends only on (seed, epoch, index), so it is the same
+    whatever the number of workers or processes.
+    """
+
+    def __init__(self, root, names, size, positives_dir, negatives_dir, seed=1):
+        self.low_dir, self.seg_dir, self.size, self.seed, self.epoch = os.path.join(root, "underexposed"), \
+            os.path.join(root, "seg"), size, seed, 0
+        self.files = list_images(self.low_dir)[0]
+        if not self.files:
+            raise ValueError(f"{self.low_dir}: no training images found")
+        index = {name: i for i, name in enumerate(names)}
+        missing = sorted({identity_of(f) for f in self.files} - set(index))
+        if missing:
+            raise ValueError(f"identity {missing[0]!r} of {self.low_dir} is not in the face database "
+                             f"({len(missing)} missing; was its database image without a detectable face?)")
+        self.labels = [index[identity_of(f)] for f in self.files]
+        self.contrast = [(d, list_images(d)[0]) for d in (positives_dir, negatives_dir)]
+        for d, files in self.contrast:
+            if not files:
+                raise ValueError(f"{d}: no contrastive images found")
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        rel = self.files[i]
+        seg = os.path.join(self.seg_dir, os.path.splitext(rel)[0] + ".png")
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        pos, neg = (os.path.join(d, files[rng.integers(len(files))]) for d, files in self.contrast)
+        return (load_resized(os.path.join(self.low_dir, rel), self.size), load_labels(seg, self.size),
+                self.labels[i], load_resized(pos, self.size), load_resized(neg, self.size))
+
+
+def epoch_order(n, batch_size, seed, epoch, start_batch=0):
+    """Shuffled sample indices of one epoch (drop last), from batch `start_batch` on: resumable mid-epoch."""
+    g = torch.Generator().manual_seed(seed * 1000003 + epoch)
+    order = torch.randperm(n, generator=g)[: n // batch_size * batch_size]
+    return order[start_batch * batch_size:].tolist()

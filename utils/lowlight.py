@@ -1,0 +1,87 @@
+"""Low-light synthesis used for the published test sets: a gamma curve plus faint Gaussian noise, or plain scaling.
+
+    python -m utils.lowlight --normal_path dataset/CASIA-Test/normal \
+                             --underexposed_path dataset/CASIA-Test/underexposed --mode gamma --seed 1
+
+The output folder mirrors the input (names, extensions and sub-folders kept). Each image gets its own random
+stream, seeded by --seed and its relative path, so a resumed or partial run gives the same pixels. Existing
+outputs are kept unless --overwrite. Exit status 1 when an image could not be read or written.
+"""
+import argparse
+import hashlib
+import os
+import sys
+
+import numpy as np
+
+from utils.images import ImageReadError, list_images, read_image, write_image
+
+GAMMA_RANGE = (2.15, 2.25)
+NOISE_STD_RANGE = (0.26, 0.30)  # 0..255 units
+SCALE_RANGE = (0.35, 0.45)
+
+
+def darken(image, rng, mode="gamma", gamma=None, noise_std=None, scale=None):
+    """HxWx3 uint8 -> darkened HxWx3 uint8. Values left as None are drawn uniformly from the published ranges.
+
+    gamma: ((x / 255) ** gamma * 255) truncated to uint8, then Gaussian noise (0..255 units) cast to uint8 as
+    numpy's astype does (truncation toward zero, negatives wrap: -1.3 -> 255) and added with saturation (cv2.add).
+    scale: (x * scale) truncated to uint8.
+    """
+    x = image.astype(np.float64)
+    if mode == "gamma":
+        gamma = rng.uniform(*GAMMA_RANGE) if gamma is None else gamma
+        noise_std = rng.uniform(*NOISE_STD_RANGE) if noise_std is None else noise_std
+        dark = (np.power(x / 255, gamma) * 255).astype(np.uint8)
+        noise = (np.trunc(rng.normal(0, noise_std, image.shape)).astype(np.int64) % 256).astype(np.uint8)
+        return np.minimum(dark.astype(np.int16) + noise, 255).astype(np.uint8)
+    if mode == "scale":
+        scale = rng.uniform(*SCALE_RANGE) if scale is None else scale
+        return (x * scale).astype(np.uint8)
+    raise ValueError(f"unknown low-light mode {mode!r}; use 'gamma' or 'scale'")
+
+
+def image_rng(seed, rel_path):
+    """A random stream of its own for each image: seeded by the run's seed and the image's relative path."""
+    digest = hashlib.sha256(rel_path.replace(os.sep, "/").encode()).digest()
+    return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--normal_path", required=True, help="folder of normal-light images (flat or sub-folders)")
+    p.add_argument("--underexposed_path", required=True, help="output folder")
+    p.add_argument("--mode", choices=["gamma", "scale"], default="gamma")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--gamma", type=float, help="fixed gamma instead of a draw from [2.15, 2.25]")
+    p.add_argument("--noise_std", type=float, help="fixed noise std (0..255 units) instead of [0.26, 0.30]")
+    p.add_argument("--scale", type=float, help="fixed factor instead of a draw from [0.35, 0.45]")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not os.path.isdir(args.normal_path):
+        sys.exit(f"error: {args.normal_path}: input folder not found")
+    files, _ = list_images(args.normal_path)
+    written, kept, failed = 0, 0, 0
+    for rel in files:
+        out = os.path.join(args.underexposed_path, rel)
+        if os.path.exists(out) and not args.overwrite:
+            kept += 1
+            continue
+        try:
+            image = read_image(os.path.join(args.normal_path, rel))
+            dark = darken(image, image_rng(args.seed, rel), args.mode, args.gamma, args.noise_std, args.scale)
+            write_image(dark, out)
+            written += 1
+        except (ImageReadError, OSError) as e:
+            print(f"failed {e}" if isinstance(e, ImageReadError) else f"failed {out}: cannot write ({e})")
+            failed += 1
+    print(f"done: {written} written to {args.underexposed_path}, {kept} kept (--overwrite replaces them), {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
