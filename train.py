@@ -62,6 +62,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--log_every", type=int, default=10, help="iterations between log lines")
     p.add_argument("--save_every", type=int, default=500, help="iterations between resume points")
     p.add_argument("--max_iters", type=int, default=None, help="stop after this many iterations in all (tests, trials)")
     return p.parse_args(argv)
@@ -82,12 +83,19 @@ class Log:
 
 def main(argv=None):
     args = parse_args(argv)
-    device = resolve_device(f"cuda:{args.gpu_id}" if args.gpu_id is not None and args.device == "auto" else args.device)
     seed_everything(args.seed)
     log = Log(args.log_path)
     stop = {"signal": None}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda s, _: stop.update(signal=s))
+    handlers = {sig: signal.signal(sig, lambda s, _: stop.update(signal=s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        train(args, log, stop)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def train(args, log, stop):
+    device = resolve_device(f"cuda:{args.gpu_id}" if args.gpu_id is not None and args.device == "auto" else args.device)
 
     # ---- face database, data ----
     data_dir = os.path.join(args.dataset_root, args.dataset_name)
@@ -163,9 +171,9 @@ def main(argv=None):
             for k, v in {"loss": total.detach(), **terms}.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
             done += 1
-            if (it + 1) % 10 == 0:
+            if (it + 1) % args.log_every == 0:
                 brightness = (enhanced.detach() * enhanced.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1).mean()
-                n = 10 if it + 1 - start_batch >= 10 else it + 1 - start_batch
+                n = min(args.log_every, it + 1 - start_batch)
                 means = " ".join(f"{k} {v / n:.4f}" for k, v in sums.items() if k != "loss")
                 log(f"epoch {epoch} iter {it + 1}/{iters_per_epoch} loss {sums['loss'] / n:.4f} "
                     f"face_acc {correct / seen:.4f} brightness {brightness.item():.4f} | {means} | "

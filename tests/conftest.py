@@ -73,3 +73,37 @@ def copy_faces(faces, dest, identities, per_identity, flat=False):
             shutil.copyfile(src, Path(dest) / rel)
             rels.append(rel)
     return rels
+
+
+@pytest.fixture(scope="session")
+def vgg_file(tmp_path_factory):
+    """parity_losses.pt's VGG16 weights (features.0..22) as a local file, standing in for torchvision's download."""
+    path = tmp_path_factory.mktemp("vgg") / "vgg16_features.pth"
+    torch.save(load_parity("losses")["vgg16_features"], path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory, lfw_faces):
+    """dataset/ in the published layout: LaPa-Face (3 identities x 2 photos: normal, underexposed, seg)
+    and Contrast/high|low, made from lfw-mini darkened with the project's synthesis."""
+    import numpy as np
+    from PIL import Image
+    from utils.images import read_image, write_image
+    from utils.lowlight import darken
+    root = tmp_path_factory.mktemp("dataset")
+    face_set = root / "LaPa-Face"
+    rels = copy_faces(lfw_faces, face_set / "normal", ["Alejandro_Toledo", "Angelina_Jolie", "Bill_Clinton"], 2, flat=True)
+    rng = np.random.default_rng(0)
+    for i, rel in enumerate(rels):
+        image = read_image(face_set / "normal" / rel)
+        write_image(darken(image, rng, "gamma", gamma=2.2, noise_std=0.28), str(face_set / "underexposed" / rel))
+        labels = np.zeros(image.shape[:2], np.uint8)  # background, a skin disc, hair on top
+        yy, xx = np.mgrid[:image.shape[0], :image.shape[1]]
+        labels[(yy - 125) ** 2 + (xx - 125) ** 2 < 60 ** 2] = 1
+        labels[:60, 70:180] = 10
+        (face_set / "seg").mkdir(exist_ok=True)
+        Image.fromarray(labels).save(face_set / "seg" / (Path(rel).stem + ".png"))
+        dest = root / "Contrast" / ("high" if i % 2 else "low") / rel
+        write_image(image if i % 2 else darken(image, rng, "scale", scale=0.4), str(dest))
+    return root
