@@ -10,7 +10,8 @@ is matched against the face database of dataset/NAME/normal (utils.face_database
 similarity; top-1 accuracy over all images, an image without a detected face counting as a miss (--compat: as a
 prediction of identity 0). IQA sets (CelebA-Test, CelebA-Test-2, real): PSNR and SSIM against normal/ (same
 relative path, or the same stem), and UNIQUE when its checkpoint exists. The results are printed and appended
-as one line to --log_path. Exit status 1 when an image could not be read or compared.
+as one line to --log_path. Files that are not images are passed over with a line each; an image that cannot be
+read or compared gets a line and is left out of the means. Exit status 1 when an image could not be read or compared.
 """
 import argparse
 import os
@@ -176,9 +177,9 @@ def evaluate_iqa(args, files, images_dir, normal_dir, device, failed):
             if isinstance(image, torch.Tensor) and isinstance(ref, torch.Tensor) and ref.shape != image.shape:
                 ref = (f"{os.path.join(images_dir, rel)}: size {tuple(image.shape[1:])} differs from "
                        f"its reference's {tuple(ref.shape[1:])}")
-            record_failure(failed, ref)
             if record_failure(failed, image):
                 continue
+            record_failure(failed, ref)
             scored += 1
             x = image.to(device)
             if unique is not None:
@@ -213,8 +214,8 @@ def main(argv=None):
     files, others = list_images(images_dir)
     if not files:
         sys.exit(f"error: {images_dir}: no image files")
-    if others:
-        print(f"{len(others)} non-image files in {images_dir} passed over")
+    for rel in others:
+        print(f"skipped {os.path.join(images_dir, rel)}: not an image file")
     print(f"evaluating {len(files)} images of {images_dir} on {device}")
 
     failed = []

@@ -5,7 +5,9 @@
 
 Images go in whole (no resizing; very large ones in overlapping tiles with the same result) and are written
 as torchvision's save_image writes them. Nothing is deleted; existing outputs are kept unless --overwrite,
-so an interrupted run resumes by running the same command again. Exit status 1 when an image failed.
+so an interrupted run resumes by running the same command again. Files that are not images (.DS_Store,
+Thumbs.db, .txt) are passed over with a line each; an image file that cannot be read or written gets a line and
+the others are still written. Exit status 1 when an image failed or the folder holds no image.
 """
 import argparse
 import os
@@ -64,14 +66,16 @@ def check_folders(src, dst):
 def main(argv=None):
     args = parse_args(argv)
     check_folders(args.underexposed_path, args.enhanced_path)
+    files, others = list_images(args.underexposed_path)
+    for rel in others:
+        print(f"skipped {os.path.join(args.underexposed_path, rel)}: not an image file")
+    if not files:
+        sys.exit(f"error: no images found in {args.underexposed_path}")
     device = resolve_device(args.device)
     try:
         model = nets.load("enhance", args.enhance_checkpoint, device)
     except CheckpointError as e:
         sys.exit(f"error: {e}")
-    files, others = list_images(args.underexposed_path)
-    for rel in others:
-        print(f"skipped {os.path.join(args.underexposed_path, rel)}: not an image file")
     out = lambda rel: os.path.join(args.enhanced_path, rel)
     todo = [rel for rel in files if args.overwrite or not os.path.exists(out(rel))]
     existing = len(files) - len(todo)

@@ -6,7 +6,10 @@
 
 Writes checkpoint/LLE/epoch{N}.pth (a bare state dict that test.py loads) after every epoch, and
 checkpoint/LLE/resume.pth (model, optimizer, epoch, iteration, RNG state) every --save_every iterations
-and at each epoch end, both atomically. SIGINT/SIGTERM save a resume point and stop cleanly.
+and at each epoch end, both atomically. SIGINT/SIGTERM save a resume point and stop cleanly; after a hard kill,
+--resume continues from the last resume point and (same device, --deterministic) reaches the same weights.
+Every training file is decoded once before training starts; a NaN/Inf loss term or gradient stops training
+with a line naming it before any weight is changed. Errors end in one line, also appended to the log.
 """
 import argparse
 import os
@@ -65,6 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--log_every", type=int, default=10, help="iterations between log lines")
     p.add_argument("--save_every", type=int, default=500, help="iterations between resume points")
     p.add_argument("--max_iters", type=int, default=None, help="stop after this many iterations in all (tests, trials)")
+    p.add_argument("--deterministic", action="store_true", help="deterministic kernels only (bit-reproducible runs "
+                   "and resumes on one device; slower on CUDA)")
     return p.parse_args(argv)
 
 
@@ -80,10 +85,20 @@ class Log:
         with open(self.path, "a") as f:
             f.write(line + "\n")
 
+    def fail(self, message):
+        """Appends 'error: message' to the log file and exits with it (status 1)."""
+        with open(self.path, "a") as f:
+            f.write(f"error: {message}\n")
+        sys.exit(f"error: {message}")
+
 
 def main(argv=None):
     args = parse_args(argv)
     seed_everything(args.seed)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    if args.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
+        torch.use_deterministic_algorithms(True)
     log = Log(args.log_path)
     stop = {"signal": None}
     handlers = {sig: signal.signal(sig, lambda s, _: stop.update(signal=s)) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -92,6 +107,7 @@ def main(argv=None):
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+        torch.use_deterministic_algorithms(deterministic)
 
 
 def train(args, log, stop):
@@ -99,6 +115,10 @@ def train(args, log, stop):
 
     # ---- face database, data ----
     data_dir = os.path.join(args.dataset_root, args.dataset_name)
+    for folder in [os.path.join(data_dir, sub) for sub in ("underexposed", "normal", "seg")] + \
+            [args.contrast_positive_path, args.contrast_negative_path]:
+        if not os.path.isdir(folder):
+            log.fail(f"{folder}: folder not found")
     try:
         detector = load_retinaface(args.retinaface_checkpoint, device)
         facenet = load_facenet(args.facenet_checkpoint, args.backbone, device)
@@ -109,11 +129,16 @@ def train(args, log, stop):
                              args.contrast_negative_path, args.seed)
         vgg = load_vgg16(args.vgg_checkpoint, device)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+        log.fail(str(e))
+    unreadable = train_set.unreadable()
+    for line in unreadable:
+        log(f"unreadable {line}")
+    if unreadable:
+        log.fail(f"{len(unreadable)} training files cannot be read (listed above); fix or remove them")
     objective = LowFaceNetObjective(vgg, FaceRecognitionLoss(detector, facenet, encodings)).to(device)
     iters_per_epoch = len(train_set) // args.batch_size
     if iters_per_epoch == 0:
-        sys.exit(f"error: {data_dir}: {len(train_set)} images, fewer than one batch of {args.batch_size}")
+        log.fail(f"{data_dir}: {len(train_set)} images, fewer than one batch of {args.batch_size}")
 
     # ---- model, optimizer, resume ----
     model = init_weights(EnhanceNet()).to(device)
@@ -125,6 +150,10 @@ def train(args, log, stop):
         try:
             state = read_checkpoint(path)
             if isinstance(state, dict) and "optimizer" in state:
+                written = (state["images"], state["args"]["batch_size"], state["args"]["seed"])
+                if written != (len(train_set), args.batch_size, args.seed):  # they fix the data order
+                    log.fail(f"{path}: written for (images, batch_size, seed) = {written}, this run has "
+                             f"{(len(train_set), args.batch_size, args.seed)}; resume with the same data and settings")
                 model.load_state_dict(state["model"])
                 optimizer.load_state_dict(state["optimizer"])
                 epoch, start_batch = state["epoch"], state["batch"]
@@ -132,15 +161,20 @@ def train(args, log, stop):
             else:
                 model = nets.load("enhance", path, device).train()
                 optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-        except (CheckpointError, KeyError, RuntimeError) as e:
-            sys.exit(f"error: {path}: cannot resume ({e})")
+        except CheckpointError as e:
+            log.fail(f"cannot resume: {e}")
+        except (KeyError, RuntimeError) as e:
+            log.fail(f"{path}: cannot resume ({type(e).__name__}: {str(e).splitlines()[0]})")
         log(f"resumed from {path} at epoch {epoch}, iteration {start_batch}")
     log(f"training on {device}: {len(train_set)} images, {len(names)} identities, batch {args.batch_size}, "
         f"{iters_per_epoch} iterations per epoch, epochs {epoch}..{args.epoch_num - 1}")
 
     def save_resume(epoch, batch):
         atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                     "batch": batch, "rng": rng_state(), "args": vars(args)}, resume_path)
+                     "batch": batch, "images": len(train_set), "rng": rng_state(), "args": vars(args)}, resume_path)
+
+    def last_good():
+        return f"last resume point: {resume_path}" if os.path.exists(resume_path) else "no resume point written yet"
 
     # ---- training loop ----
     done = 0
@@ -159,11 +193,14 @@ def train(args, log, stop):
             values = {**terms, "total": total.detach()}
             bad = next((k for k, v in values.items() if not torch.isfinite(v)), None)
             if bad:
-                sys.exit(f"error: loss term {bad} became {values[bad].item()} at epoch {epoch} iteration {it}; "
-                         f"stopped before writing these weights (last good state: {resume_path})")
+                log.fail(f"loss term {bad} became {values[bad].item()} at epoch {epoch} iteration {it + 1}; "
+                         f"stopped before writing these weights ({last_good()})")
             optimizer.zero_grad(set_to_none=True)
             total.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+            if not torch.isfinite(grad_norm):
+                log.fail(f"the gradient norm became {grad_norm.item()} at epoch {epoch} iteration {it + 1} with "
+                         f"finite loss terms; stopped before writing these weights ({last_good()})")
             optimizer.step()
 
             correct += (logits.argmax(1) == labels).sum().item()

@@ -78,15 +78,21 @@ def _describe(obj):
     return type(obj).__name__
 
 
-def atomic_save(obj, path):
-    """torch.save to a temporary file beside `path`, then rename: a crash leaves the old or the new file."""
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once, at import: os.umask can only be read by setting it
+
+
+def atomic_write(path, write):
+    """write(binary file object) into a hidden temporary file beside `path`, flush it to disk, then rename it
+    over `path`: a run killed at any point leaves the old file or the new one, never a broken one."""
     path = str(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            os.chmod(tmp, 0o666 & ~_UMASK)  # the permissions of a plain open(), not mkstemp's 0600
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -94,3 +100,8 @@ def atomic_save(obj, path):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_save(obj, path):
+    """torch.save through atomic_write."""
+    atomic_write(path, lambda f: torch.save(obj, f))

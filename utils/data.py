@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import resize
+from tqdm import tqdm
 
 from utils.face_database import identity_of
 from utils.images import list_images, read_image, to_tensor
@@ -22,7 +23,7 @@ def load_labels(path, size):
     try:
         with Image.open(path) as im:
             arr = np.array(im)  # 'L' and 'P' maps give the class indices themselves
-    except OSError as e:
+    except Exception as e:  # missing file, or a decoder's OSError, SyntaxError, EOFError, ...
         raise ValueError(f"{path}: cannot read parsing map ({e})") from None
     labels = torch.from_numpy((arr[..., 0] if arr.ndim == 3 else arr).astype(np.int64))
     return F.interpolate(labels[None, None].float(), size=(size, size), mode="nearest")[0, 0].long()
@@ -54,6 +55,23 @@ class TrainSet(Dataset):
             if not files:
                 raise ValueError(f"{d}: no contrastive images found")
 
+    def unreadable(self):
+        """One message per training image, parsing map or contrastive image that cannot be read: decoding every
+        file once before training (seconds per thousand images) keeps a corrupt file from stopping it halfway."""
+        checks = [(read_image, os.path.join(self.low_dir, rel)) for rel in self.files]
+        checks += [(lambda path: load_labels(path, 1), self._seg_path(rel)) for rel in self.files]
+        checks += [(read_image, os.path.join(d, rel)) for d, files in self.contrast for rel in files]
+        messages = []
+        for read, path in tqdm(checks, desc="checking training files", unit="file", leave=False):
+            try:
+                read(path)
+            except ValueError as e:  # ImageReadError included
+                messages.append(str(e))
+        return messages
+
+    def _seg_path(self, rel):
+        return os.path.join(self.seg_dir, os.path.splitext(rel)[0] + ".png")
+
     def set_epoch(self, epoch):
         self.epoch = epoch
 
@@ -62,7 +80,7 @@ class TrainSet(Dataset):
 
     def __getitem__(self, i):
         rel = self.files[i]
-        seg = os.path.join(self.seg_dir, os.path.splitext(rel)[0] + ".png")
+        seg = self._seg_path(rel)
         rng = np.random.default_rng([self.seed, self.epoch, i])
         pos, neg = (os.path.join(d, files[rng.integers(len(files))]) for d, files in self.contrast)
         return (load_resized(os.path.join(self.low_dir, rel), self.size), load_labels(seg, self.size),

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from nets.face_recognition import encode_faces
+from utils.checkpoint import atomic_write
 from utils.images import ImageReadError, list_images, read_image
 
 
@@ -79,18 +79,6 @@ def fingerprint(normal_dir, facenet_path):
     return {"database": h.hexdigest(), "facenet": _sha256_file(facenet_path).hexdigest()}
 
 
-def _atomic_write(path, write):
-    """write(file object) into a temporary file beside path, then rename it over path."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise
-
-
 def _read_cache(paths, expected):
     """(encodings, names) from the cache files when they exist and their fingerprint is `expected`, else None."""
     try:
@@ -144,7 +132,7 @@ def load_encodings(normal_dir, database_dir, encoding_dir, name, detector, facen
     os.makedirs(encoding_dir, exist_ok=True)
     if os.path.exists(paths["fingerprint"]):
         os.remove(paths["fingerprint"])  # a crash below then leaves a cache that is rebuilt, never a stale one
-    _atomic_write(paths["encoding"], lambda f: np.save(f, encodings))
-    _atomic_write(paths["name"], lambda f: np.save(f, np.array(names, dtype=str)))
-    _atomic_write(paths["fingerprint"], lambda f: f.write(json.dumps(expected).encode()))
+    atomic_write(paths["encoding"], lambda f: np.save(f, encodings))
+    atomic_write(paths["name"], lambda f: np.save(f, np.array(names, dtype=str)))
+    atomic_write(paths["fingerprint"], lambda f: f.write(json.dumps(expected).encode()))
     return torch.from_numpy(encodings).to(device), names

@@ -5,6 +5,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from utils.checkpoint import atomic_write
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -37,10 +39,9 @@ def read_image(path):
                 arr = np.clip(np.rint(arr / scale), 0, 255).astype(np.uint8)
                 return np.repeat(arr[..., None], 3, axis=2)
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except Exception as e:  # decoders of malformed files raise OSError, SyntaxError, EOFError, struct.error, ...
         reason = "empty file" if os.path.isfile(path) and os.path.getsize(path) == 0 else str(e) or type(e).__name__
         raise ImageReadError(f"{path}: cannot read image ({reason})") from None
-
 
 
 def to_tensor(image):
@@ -54,10 +55,7 @@ def to_uint8(tensor):
 
 
 def write_image(array, path):
-    """Write an HxWx3 uint8 array with PIL (format from the extension, PIL's defaults as save_image),
-    through a temporary file and a rename so a killed run never leaves a half-written image."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.partial{ext}"
-    Image.fromarray(array).save(tmp, format=Image.registered_extensions().get(ext.lower()))
-    os.replace(tmp, path)
+    """Write an HxWx3 uint8 array with PIL (format from the extension, PIL's defaults as save_image), atomically:
+    a killed run never leaves a half-written image under an image name."""
+    fmt = Image.registered_extensions()[os.path.splitext(path)[1].lower()]
+    atomic_write(path, lambda f: Image.fromarray(array).save(f, format=fmt))

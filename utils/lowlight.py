@@ -5,7 +5,8 @@
 
 The output folder mirrors the input (names, extensions and sub-folders kept). Each image gets its own random
 stream, seeded by --seed and its relative path, so a resumed or partial run gives the same pixels. Existing
-outputs are kept unless --overwrite. Exit status 1 when an image could not be read or written.
+outputs are kept unless --overwrite. Files that are not images are passed over with a line each. Exit status 1
+when an image could not be read or written, or the folder holds no image.
 """
 import argparse
 import hashlib
@@ -64,7 +65,11 @@ def main(argv=None):
     args = parse_args(argv)
     if not os.path.isdir(args.normal_path):
         sys.exit(f"error: {args.normal_path}: input folder not found")
-    files, _ = list_images(args.normal_path)
+    files, others = list_images(args.normal_path)
+    for rel in others:
+        print(f"skipped {os.path.join(args.normal_path, rel)}: not an image file")
+    if not files:
+        sys.exit(f"error: no images found in {args.normal_path}")
     written, kept, failed = 0, 0, 0
     for rel in files:
         out = os.path.join(args.underexposed_path, rel)
