@@ -3,6 +3,12 @@
     python train.py                                  # published defaults: LaPa-Face, batch 2, 384x384, 100 epochs
     python train.py --batch_size 8 --device cuda --num_workers 8
     python train.py --resume                         # continue from checkpoint/LLE/resume.pth
+    torchrun --standalone --nproc_per_node 4 train.py --batch_size 2          # 4 GPUs (or CPU processes), global batch 8
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 train.py   # 2 machines
+
+Under torchrun every process trains on its share of each global batch (DistributedDataParallel; NCCL on CUDA,
+gloo on the CPU); the losses are computed over the whole global batch, so N processes x --batch_size b step
+exactly like one process with batch N*b. Rank 0 alone builds the face database and writes logs and checkpoints.
 
 Writes checkpoint/LLE/epoch{N}.pth (a bare state dict that test.py loads) after every epoch, and
 checkpoint/LLE/resume.pth (model, optimizer, epoch, iteration, RNG state) every --save_every iterations
@@ -20,7 +26,8 @@ import time
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 
 import nets
 from nets.enhance import EnhanceNet, init_weights
@@ -30,9 +37,10 @@ from nets.losses import LowFaceNetObjective
 from nets.retinaface import load_retinaface
 from nets.vgg import load_vgg16
 from utils.checkpoint import CheckpointError, atomic_save, read_checkpoint
-from utils.data import TrainSet, epoch_order
+from utils import distributed
+from utils.data import TrainSet
 from utils.face_database import load_encodings
-from utils.runtime import resolve_device, seed_everything
+from utils.runtime import seed_everything
 
 
 def parse_args(argv=None):
@@ -68,27 +76,32 @@ def parse_args(argv=None):
     p.add_argument("--log_every", type=int, default=10, help="iterations between log lines")
     p.add_argument("--save_every", type=int, default=500, help="iterations between resume points")
     p.add_argument("--max_iters", type=int, default=None, help="stop after this many iterations in all (tests, trials)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA; also accepted on the CPU); the "
+                   "ratio losses, the smoothness weights and the cosine similarities stay in float32")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels only (bit-reproducible runs "
                    "and resumes on one device; slower on CUDA)")
     return p.parse_args(argv)
 
 
 class Log:
-    """Prints a line and appends it to the log file."""
+    """Prints a line and appends it to the log file (on the main process only)."""
 
-    def __init__(self, path):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self.path = path
+    def __init__(self, path, main=True):
+        self.path, self.main = path, main
+        if main:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
     def __call__(self, line):
-        print(line, flush=True)
-        with open(self.path, "a") as f:
-            f.write(line + "\n")
+        if self.main:
+            print(line, flush=True)
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
 
     def fail(self, message):
         """Appends 'error: message' to the log file and exits with it (status 1)."""
-        with open(self.path, "a") as f:
-            f.write(f"error: {message}\n")
+        if self.main:
+            with open(self.path, "a") as f:
+                f.write(f"error: {message}\n")
         sys.exit(f"error: {message}")
 
 
@@ -99,19 +112,22 @@ def main(argv=None):
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
         torch.use_deterministic_algorithms(True)
-    log = Log(args.log_path)
+    rank, world, device = distributed.setup(
+        f"cuda:{args.gpu_id}" if args.gpu_id is not None and args.device == "auto" else args.device)
+    log = Log(args.log_path, main=rank == 0)
     stop = {"signal": None}
     handlers = {sig: signal.signal(sig, lambda s, _: stop.update(signal=s)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        train(args, log, stop)
+        train(args, log, stop, rank, world, device)
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
         torch.use_deterministic_algorithms(deterministic)
+        distributed.cleanup()
 
 
-def train(args, log, stop):
-    device = resolve_device(f"cuda:{args.gpu_id}" if args.gpu_id is not None and args.device == "auto" else args.device)
+def train(args, log, stop, rank, world, device):
+    main_process = rank == 0
 
     # ---- face database, data ----
     data_dir = os.path.join(args.dataset_root, args.dataset_name)
@@ -122,23 +138,27 @@ def train(args, log, stop):
     try:
         detector = load_retinaface(args.retinaface_checkpoint, device)
         facenet = load_facenet(args.facenet_checkpoint, args.backbone, device)
-        encodings, names = load_encodings(os.path.join(data_dir, "normal"),
-                                          os.path.join(args.database_root, args.dataset_name), args.encoding_root,
-                                          args.dataset_name, detector, facenet, args.facenet_checkpoint, device)
-        train_set = TrainSet(data_dir, names, args.crop_size, args.contrast_positive_path,
-                             args.contrast_negative_path, args.seed)
+        for turn in (True, False):  # rank 0 builds the database and encodings; the others then read the cache
+            if main_process == turn:
+                encodings, names = load_encodings(
+                    os.path.join(data_dir, "normal"), os.path.join(args.database_root, args.dataset_name),
+                    args.encoding_root, args.dataset_name, detector, facenet, args.facenet_checkpoint, device)
+                train_set = TrainSet(data_dir, names, args.crop_size, args.contrast_positive_path,
+                                     args.contrast_negative_path, args.seed)
+                unreadable = train_set.unreadable() if main_process else []
+            distributed.barrier()
         vgg = load_vgg16(args.vgg_checkpoint, device)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         log.fail(str(e))
-    unreadable = train_set.unreadable()
     for line in unreadable:
         log(f"unreadable {line}")
     if unreadable:
         log.fail(f"{len(unreadable)} training files cannot be read (listed above); fix or remove them")
     objective = LowFaceNetObjective(vgg, FaceRecognitionLoss(detector, facenet, encodings)).to(device)
-    iters_per_epoch = len(train_set) // args.batch_size
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
+    iters_per_epoch = len(sampler) // args.batch_size
     if iters_per_epoch == 0:
-        log.fail(f"{data_dir}: {len(train_set)} images, fewer than one batch of {args.batch_size}")
+        log.fail(f"{data_dir}: {len(train_set)} images, fewer than one batch of {args.batch_size} per process")
 
     # ---- model, optimizer, resume ----
     model = init_weights(EnhanceNet()).to(device)
@@ -150,10 +170,10 @@ def train(args, log, stop):
         try:
             state = read_checkpoint(path)
             if isinstance(state, dict) and "optimizer" in state:
-                written = (state["images"], state["args"]["batch_size"], state["args"]["seed"])
-                if written != (len(train_set), args.batch_size, args.seed):  # they fix the data order
-                    log.fail(f"{path}: written for (images, batch_size, seed) = {written}, this run has "
-                             f"{(len(train_set), args.batch_size, args.seed)}; resume with the same data and settings")
+                written = (state["images"], state["args"]["batch_size"], state["args"]["seed"], state["world"])
+                if written != (len(train_set), args.batch_size, args.seed, world):  # they fix the data order
+                    log.fail(f"{path}: written for (images, batch_size, seed, processes) = {written}, this run has "
+                             f"{(len(train_set), args.batch_size, args.seed, world)}; resume with the same data and settings")
                 model.load_state_dict(state["model"])
                 optimizer.load_state_dict(state["optimizer"])
                 epoch, start_batch = state["epoch"], state["batch"]
@@ -166,12 +186,19 @@ def train(args, log, stop):
         except (KeyError, RuntimeError) as e:
             log.fail(f"{path}: cannot resume ({type(e).__name__}: {str(e).splitlines()[0]})")
         log(f"resumed from {path} at epoch {epoch}, iteration {start_batch}")
-    log(f"training on {device}: {len(train_set)} images, {len(names)} identities, batch {args.batch_size}, "
+    log(f"training on {device}" + (f" x {world} processes" if world > 1 else "") + f": {len(train_set)} images, "
+        f"{len(names)} identities, batch {args.batch_size}" + (f" per process ({args.batch_size * world} in all)" if world > 1 else "") + ", "
         f"{iters_per_epoch} iterations per epoch, epochs {epoch}..{args.epoch_num - 1}")
 
+    net = model  # the bare network, whose state dict the checkpoints hold
+    if world > 1:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
     def save_resume(epoch, batch):
-        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                     "batch": batch, "images": len(train_set), "rng": rng_state(), "args": vars(args)}, resume_path)
+        if not main_process:
+            return
+        atomic_save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                     "batch": batch, "images": len(train_set), "world": world, "rng": rng_state(), "args": vars(args)}, resume_path)
 
     def last_good():
         return f"last resume point: {resume_path}" if os.path.exists(resume_path) else "no resume point written yet"
@@ -181,15 +208,17 @@ def train(args, log, stop):
     model.train()
     while epoch < args.epoch_num:
         train_set.set_epoch(epoch)
-        order = epoch_order(len(train_set), args.batch_size, args.seed, epoch, start_batch)
+        sampler.set_epoch(epoch)
+        order = list(sampler)[start_batch * args.batch_size:]  # resumable mid-epoch
         loader = DataLoader(train_set, batch_size=args.batch_size, sampler=order, num_workers=args.num_workers,
                             drop_last=True, pin_memory=device.type == "cuda")
         correct = seen = 0
         sums, tic = {}, time.time()
         for it, (low, seg, labels, pos, neg) in enumerate(loader, start=start_batch):
             low, seg, labels, pos, neg = (t.to(device, non_blocking=True) for t in (low, seg, labels, pos, neg))
-            enhanced, illumination = model(low)
-            total, terms, logits = objective(enhanced, illumination, low, pos, neg, seg, labels)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+                enhanced, illumination = model(low)
+                total, terms, logits = objective(enhanced, illumination, low, pos, neg, seg, labels)
             values = {**terms, "total": total.detach()}
             bad = next((k for k, v in values.items() if not torch.isfinite(v)), None)
             if bad:
@@ -217,13 +246,14 @@ def train(args, log, stop):
                     f"{(time.time() - tic) / n:.2f} s/it")
                 sums, tic = {}, time.time()
             finished_epoch = it + 1 == iters_per_epoch
-            if stop["signal"] or (args.max_iters and done >= args.max_iters) or \
-                    (not finished_epoch and (it + 1) % args.save_every == 0):
+            stopping = distributed.any_rank(bool(stop["signal"])) or (args.max_iters and done >= args.max_iters)
+            if stopping or (not finished_epoch and (it + 1) % args.save_every == 0):
                 save_resume(epoch, it + 1)
-            if stop["signal"] or (args.max_iters and done >= args.max_iters):
+            if stopping:
                 log(f"stopped at epoch {epoch} iteration {it + 1}; continue with --resume ({resume_path})")
                 return
-        atomic_save(model.state_dict(), os.path.join(args.checkpoint_root, f"epoch{epoch}.pth"))
+        if main_process:
+            atomic_save(net.state_dict(), os.path.join(args.checkpoint_root, f"epoch{epoch}.pth"))
         epoch, start_batch = epoch + 1, 0
         save_resume(epoch, 0)
         log(f"epoch {epoch - 1} done: wrote {os.path.join(args.checkpoint_root, f'epoch{epoch - 1}.pth')}")

@@ -348,8 +348,8 @@ SETUP_ERRORS = {  # case: (changes to dataset/LaPa-Face and extra arguments, the
         lambda data, t: ["--resume", "--resume_checkpoint", str(t / "facenet_mobilenet.pth")],
         r"cannot resume: .*facenet_mobilenet.pth: expected a bare state dict of EnhanceNet"),
     "resume point of other settings": (
-        lambda data, t: _resume_from({"optimizer": {}, "images": 6, "args": {"batch_size": 3, "seed": 1}}, t),
-        r"resume.pth: written for \(images, batch_size, seed\) = \(6, 3, 1\), this run has \(6, 2, 1\)"),
+        lambda data, t: _resume_from({"optimizer": {}, "images": 6, "world": 1, "args": {"batch_size": 3, "seed": 1}}, t),
+        r"resume.pth: written for \(images, batch_size, seed, processes\) = \(6, 3, 1, 1\), this run has \(6, 2, 1, 1\)"),
 }
 
 

@@ -86,9 +86,3 @@ class TrainSet(Dataset):
         return (load_resized(os.path.join(self.low_dir, rel), self.size), load_labels(seg, self.size),
                 self.labels[i], load_resized(pos, self.size), load_resized(neg, self.size))
 
-
-def epoch_order(n, batch_size, seed, epoch, start_batch=0):
-    """Shuffled sample indices of one epoch (drop last), from batch `start_batch` on: resumable mid-epoch."""
-    g = torch.Generator().manual_seed(seed * 1000003 + epoch)
-    order = torch.randperm(n, generator=g)[: n // batch_size * batch_size]
-    return order[start_batch * batch_size:].tolist()
