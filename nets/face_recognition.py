@@ -16,6 +16,7 @@ import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from nets.retinaface import biggest_face
+from utils.distributed import global_sum
 
 FACE_SIZE = 160
 
@@ -92,7 +93,7 @@ def align_faces(images, det_rows, size=FACE_SIZE):
 
 def cosine_logits(embeddings, database):
     """KxN cosine similarities (torch.cosine_similarity, eps 1e-8) of every embedding with every encoding."""
-    return F.cosine_similarity(embeddings[:, None, :], database[None, :, :], dim=2)
+    return F.cosine_similarity(embeddings.float()[:, None, :], database.float()[None, :, :], dim=2)
 
 
 class FaceRecognitionLoss(nn.Module):
@@ -101,7 +102,7 @@ class FaceRecognitionLoss(nn.Module):
     Built once; forward(enhanced Bx3xHxW in [0,1], labels B) -> (loss, logits BxN, found B bool).
     Detection runs without gradient on enhanced * 255 (one detector call per batch), the biggest face of
     each image is aligned from the enhanced tensor itself and embedded by the frozen FaceNet (one forward).
-    An image without a face gets a row of zero logits; the loss is the mean over the whole batch.
+    An image without a face gets a row of zero logits; the loss is the mean over the whole (global) batch.
     """
 
     def __init__(self, detector, facenet, database_encodings):
@@ -111,16 +112,17 @@ class FaceRecognitionLoss(nn.Module):
         self.register_buffer("database", torch.as_tensor(database_encodings, dtype=torch.float32))
 
     def forward(self, enhanced, labels):
-        with torch.no_grad():
-            dets = self.detector.detect(enhanced.detach() * 255)
+        with torch.no_grad(), torch.autocast(enhanced.device.type, enabled=False):
+            dets = self.detector.detect(enhanced.detach().float() * 255)
         faces, found = align_faces(enhanced, [biggest_face(d) for d in dets])
-        logits = enhanced.new_zeros(len(enhanced), len(self.database))
+        logits = enhanced.new_zeros(len(enhanced), len(self.database), dtype=torch.float32)
         if found:
             index = torch.tensor(found, device=enhanced.device)
             logits = logits.index_put((index,), cosine_logits(self.facenet(faces), self.database))
         mask = torch.zeros(len(enhanced), dtype=torch.bool, device=enhanced.device)
         mask[found] = True
-        return F.cross_entropy(logits, labels), logits, mask
+        loss = global_sum(F.cross_entropy(logits, labels, reduction="sum")) / global_sum(logits.new_tensor(float(len(labels))))
+        return loss, logits, mask
 
 
 @torch.no_grad()

@@ -1,9 +1,17 @@
-"""The training losses of Low-FaceNet (SPEC section 3) and the objective that combines them."""
+"""The training losses of Low-FaceNet (SPEC section 3) and the objective that combines them.
+
+Every mean is taken over the whole global batch (`global_mean`): under torchrun the published terms, which are
+ratios and products of means and a BxB broadcast rather than means over images, then have exactly the value
+and gradient of one process holding the whole batch. In a single process it is a plain mean. Each term is
+computed in float32, also under bf16 autocast.
+"""
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from utils.distributed import global_sum
 
 # Published weights of each term in the training objective.
 WEIGHTS = {"contrast_feature": 0.62, "contrast_brightness": 0.22, "perceptual": 1.0, "color": 0.05,
@@ -13,23 +21,30 @@ SMOOTH_OFFSETS = ((1, 0), (0, 1), (1, 1), (1, -1), (2, 0), (0, 2), (2, 1), (2, -
 NUM_CLASSES = 11
 
 
+def global_mean(x):
+    """Mean of x's elements over all processes (differentiable); x.mean() in a single process."""
+    return global_sum(x.sum()) / global_sum(x.new_tensor(float(x.numel())))
+
+
 def contrast_feature_loss(a_feats, p_feats, n_feats):
     """Sum over taps of w * L1(a, p) / (L1(a, n) + 1e-7); positives/negatives carry no gradient."""
     loss = 0.0
     for w, a, p, n in zip(CONTRAST_TAP_WEIGHTS, a_feats, p_feats, n_feats):
-        loss = loss + w * F.l1_loss(a, p.detach()) / (F.l1_loss(a, n.detach()) + 1e-7)
+        a, p, n = a.float(), p.detach().float(), n.detach().float()
+        loss = loss + w * global_mean((a - p).abs()) / (global_mean((a - n).abs()) + 1e-7)
     return loss
 
 
 def contrast_brightness_loss(enhanced, positives, negatives):
     """mean|m(a) - m(p)| / (mean|m(a) - m(n)| + 1e-7) with m the channel mean (Bx1xHxW)."""
-    m = enhanced.mean(1, keepdim=True)
-    return (m - positives.mean(1, keepdim=True)).abs().mean() / ((m - negatives.mean(1, keepdim=True)).abs().mean() + 1e-7)
+    m = enhanced.float().mean(1, keepdim=True)
+    mp, mn = positives.float().mean(1, keepdim=True), negatives.float().mean(1, keepdim=True)
+    return global_mean((m - mp).abs()) / (global_mean((m - mn).abs()) + 1e-7)
 
 
 def perceptual_loss(input_relu4_3, enhanced_relu4_3):
     """MSE between relu4_3 features of the low-light input and of the enhanced image."""
-    return F.mse_loss(enhanced_relu4_3, input_relu4_3)
+    return global_mean((enhanced_relu4_3.float() - input_relu4_3.float()).pow(2))
 
 
 def gaussian_kernel(size=21, nsig=3.0):
@@ -51,7 +66,9 @@ class ColorLoss(nn.Module):
 
     def forward(self, enhanced, positives):
         pad = self.weight.shape[-1] // 2
-        return F.mse_loss(F.conv2d(enhanced, self.weight, padding=pad), F.conv2d(positives, self.weight, padding=pad))
+        with torch.autocast(enhanced.device.type, enabled=False):
+            blur = lambda x: F.conv2d(x.float(), self.weight, padding=pad)
+            return global_mean((blur(enhanced) - blur(positives)).pow(2))
 
 
 def _shifted_pair(x, dy, dx):
@@ -63,25 +80,35 @@ def _shifted_pair(x, dy, dx):
 
 def smooth_loss(input, illumination):
     """Edge-aware smoothness of the illumination over 12 offsets, weights from the RGB low-light input."""
+    input, illumination = input.float(), illumination.float()
     loss = 0.0
     for dy, dx in SMOOTH_OFFSETS:
         a, b = _shifted_pair(input, dy, dx)
         w = torch.exp(-0.005 * (a - b).pow(2).sum(1, keepdim=True))  # -1.0/2*0.1*0.1, as published
         ia, ib = _shifted_pair(illumination, dy, dx)
-        loss = loss + 2 * w.mean() * (ia - ib).abs().mean()
+        loss = loss + 2 * global_mean(w) * global_mean((ia - ib).abs())
     return loss
 
 
 def seg_brightness_loss(enhanced, labels, num_classes=NUM_CLASSES):
-    """Per-class brightness variance with the published broadcasting (BxBxHxW) and zero replacement."""
-    grey = enhanced.mean(1, keepdim=True)  # Bx1xHxW
-    loss = 0.0
-    for c in range(num_classes):
-        t = torch.where(labels == c, grey, torch.zeros((), dtype=grey.dtype, device=grey.device))  # BxBxHxW
-        d = t.mean()
-        t = torch.where(t == 0, d, t)
-        loss = loss + (t - d.detach()).pow(2).mean()
-    return loss
+    """Per-class brightness variance of the published code, without building its BxBxHxW tensor.
+
+    Published: grey Bx1xHxW, t = where(labels == c, grey, 0) broadcast to BxBxHxW (t[j, k] = grey_j where
+    image k has class c), d = mean(t), exact zeros of t replaced by d, loss_c = mean((t - d_detached)^2).
+    The replaced entries contribute (d - d)^2 = 0 with zero gradient, so with M_c = sum_k [labels_k == c]
+    (HxW) and n = B^2 H W: d = sum(sum_j grey_j * M_c) / n and
+    loss_c = sum_px M_c * sum_j [grey_j != 0] (grey_j - d)^2 / n, summed over the global batch.
+    """
+    grey = enhanced.float().mean(1)  # BxHxW
+    masks = torch.stack([labels == c for c in range(num_classes)], 1).float()  # BxCxHxW
+    with torch.no_grad():
+        batch = global_sum(grey.new_tensor(float(len(grey))))
+        stats = global_sum(torch.cat([grey.sum(0, keepdim=True), masks.sum(0)]))  # (1+C)xHxW
+        grey_sum, class_count = stats[0], stats[1:]
+        n = batch * batch * grey.shape[-2] * grey.shape[-1]
+        d = (grey_sum * class_count).flatten(1).sum(1) / n  # C
+    sq = (grey[:, None] - d[None, :, None, None]).pow(2) * (grey != 0)[:, None]  # BxCxHxW
+    return global_sum((sq * class_count[None]).sum()) / n
 
 
 def color_constancy_loss(enhanced):

@@ -26,7 +26,6 @@ from conftest import ROOT, copy_faces
 from nets.enhance import EnhanceNet, init_weights
 from nets.retinaface import load_retinaface
 from nets.facenet import load_facenet
-from test_train import train_args  # noqa: F401  (the quick train.py settings, a fixture)
 from utils.checkpoint import CheckpointError, atomic_save, read_checkpoint
 from utils.images import read_image, to_tensor, to_uint8
 from utils.lowlight import main as lowlight_main

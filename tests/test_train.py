@@ -20,19 +20,6 @@ from utils.face_database import load_encodings
 from utils.images import read_image, to_tensor, to_uint8, write_image
 
 
-@pytest.fixture
-def train_args(tiny_dataset, tmp_path, facenet_file, retinaface_weights, vgg_file):
-    """Arguments of a quick run (128x128, CPU, no workers); the caller adds its own."""
-    def make(*extra, ckpt="ckpt"):
-        return ["--dataset_root", str(tiny_dataset), "--contrast_positive_path", str(tiny_dataset / "Contrast/high"),
-                "--contrast_negative_path", str(tiny_dataset / "Contrast/low"), "--checkpoint_root", str(tmp_path / ckpt),
-                "--log_path", str(tmp_path / "log/train.txt"), "--database_root", str(tmp_path / "database"),
-                "--encoding_root", str(tmp_path / "encoding"), "--facenet_checkpoint", str(facenet_file),
-                "--retinaface_checkpoint", str(retinaface_weights), "--vgg_checkpoint", str(vgg_file),
-                "--crop_size", "128", "--num_workers", "0", "--device", "cpu", *extra]
-    return make
-
-
 def test_one_epoch_writes_loadable_checkpoints_and_readable_log(train_args, tmp_path):
     train.main(train_args("--epoch_num", "1", "--log_every", "1"))
     model = nets.load("enhance", tmp_path / "ckpt/epoch0.pth")  # a bare state dict, as test.py loads it
@@ -61,17 +48,23 @@ def test_resume_gives_the_same_next_step(train_args, tmp_path):
         torch.testing.assert_close(resumed["model"][k], v, rtol=0, atol=1e-6, msg=k)
 
 
-def test_objective_decreases_on_a_fixed_batch(tiny_dataset, tmp_path, facenet_file, retinaface_weights, vgg_file):
-    torch.manual_seed(1)
+@pytest.fixture
+def fixed_batch(tiny_dataset, tmp_path, facenet_file, retinaface_weights, vgg_file):
+    """(objective with every term, one training batch of 2 at 128x128)."""
     detector = load_retinaface(retinaface_weights)
     facenet = load_facenet(facenet_file)
     face_set = tiny_dataset / "LaPa-Face"
     encodings, names = load_encodings(str(face_set / "normal"), str(tmp_path / "db"), str(tmp_path / "enc"),
                                       "LaPa-Face", detector, facenet, str(facenet_file), "cpu")
     data = TrainSet(str(face_set), names, 128, str(tiny_dataset / "Contrast/high"), str(tiny_dataset / "Contrast/low"))
-    low, seg, labels, pos, neg = torch.utils.data.default_collate([data[0], data[3]])
-    model = init_weights(EnhanceNet())
     objective = LowFaceNetObjective(load_vgg16(vgg_file), FaceRecognitionLoss(detector, facenet, encodings))
+    return objective, torch.utils.data.default_collate([data[0], data[3]])
+
+
+def test_objective_decreases_on_a_fixed_batch(fixed_batch):
+    objective, (low, seg, labels, pos, neg) = fixed_batch
+    torch.manual_seed(1)
+    model = init_weights(EnhanceNet())
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-4)
     history = []
     for _ in range(8):
@@ -83,6 +76,20 @@ def test_objective_decreases_on_a_fixed_batch(tiny_dataset, tmp_path, facenet_fi
         optimizer.step()
         history.append(total.item())
     assert history[-1] < history[0] - 1e-3, history
+
+
+def test_objective_under_bf16_autocast_stays_within_2_percent(fixed_batch):
+    objective, (low, seg, labels, pos, neg) = fixed_batch
+    torch.manual_seed(1)
+    model = init_weights(EnhanceNet())
+    with torch.no_grad():
+        full, full_terms, _ = objective(*model(low), low, pos, neg, seg, labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            enhanced, illumination = model(low)
+            assert objective.vgg(enhanced, 1)[0].dtype == torch.bfloat16  # autocast is really on
+            half, half_terms, _ = objective(enhanced, illumination, low, pos, neg, seg, labels)
+    assert half.dtype == torch.float32
+    assert abs(half.item() - full.item()) <= 0.02 * abs(full.item()), (half.item(), full.item())
 
 
 def test_test_py_matches_a_direct_network_call(tmp_path):
