@@ -4,11 +4,12 @@
     python eval.py --dataset_name LFW --method_name Ours --compat      # no face = identity 0, as the published code
     python eval.py --dataset_name CelebA-Test --method_name Ours --lpips --fid
     python eval.py --dataset_name real --method_name Ours             # UNIQUE only: real has no normal/
+    python eval.py --dataset_name samples                            # the bundled samples, after the README's first command
 
 Reads dataset/NAME/SOTAs/METHOD. Recognition sets (CASIA-Test, LaPa-Test, LFW): the biggest face of every image
 is matched against the face database of dataset/NAME/normal (utils.face_database, built on first use) by cosine
 similarity; top-1 accuracy over all images, an image without a detected face counting as a miss (--compat: as a
-prediction of identity 0). IQA sets (CelebA-Test, CelebA-Test-2, real): PSNR and SSIM against normal/ (same
+prediction of identity 0). IQA sets (CelebA-Test, CelebA-Test-2, real, samples): PSNR and SSIM against normal/ (same
 relative path, or the same stem), and UNIQUE when its checkpoint exists. The results are printed and appended
 as one line to --log_path. Files that are not images are passed over with a line each; an image that cannot be
 read or compared gets a line and is left out of the means. Exit status 1 when an image could not be read or compared.
@@ -33,7 +34,7 @@ from utils.metrics import Average, psnr, ssim
 from utils.runtime import resolve_device
 
 RECOGNITION_SETS = ("CASIA-Test", "LaPa-Test", "LFW")
-IQA_SETS = ("CelebA-Test", "CelebA-Test-2", "real")
+IQA_SETS = ("CelebA-Test", "CelebA-Test-2", "real", "samples")  # samples: the bundled dataset/samples
 
 
 def parse_args(argv=None):

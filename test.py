@@ -5,7 +5,8 @@
 
 Images go in whole (no resizing; very large ones in overlapping tiles with the same result) and are written
 as torchvision's save_image writes them. Nothing is deleted; existing outputs are kept unless --overwrite,
-so an interrupted run resumes by running the same command again. Files that are not images (.DS_Store,
+so an interrupted run resumes by running the same command again. With --comparison_path, a side-by-side
+picture (input | enhanced | normal, when the normal-light image exists) is also written for each image. Files that are not images (.DS_Store,
 Thumbs.db, .txt) are passed over with a line each; an image file that cannot be read or written gets a line and
 the others are still written. Exit status 1 when an image failed or the folder holds no image.
 """
@@ -21,7 +22,7 @@ from tqdm import tqdm
 import nets
 from nets.enhance import enhance
 from utils.checkpoint import CheckpointError
-from utils.images import ImageReadError, list_images, read_image, to_tensor, to_uint8, write_image
+from utils.images import ImageReadError, list_images, read_image, side_by_side, to_tensor, to_uint8, write_image
 from utils.runtime import resolve_device
 
 
@@ -35,6 +36,9 @@ def parse_args(argv=None):
     p.add_argument("--num_workers", type=int, default=2, help="image decoding processes")
     p.add_argument("--tile", type=int, default=1024, help="images larger than tile x tile go through in tiles")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--comparison_path", default=None, help="also write input | enhanced | normal pictures (PNG) here")
+    p.add_argument("--normal_path", default=None, help="normal-light images for the pictures (default: the "
+                   "input folder's sibling normal/, when there is one)")
     return p.parse_args(argv)
 
 
@@ -79,6 +83,8 @@ def main(argv=None):
     out = lambda rel: os.path.join(args.enhanced_path, rel)
     todo = [rel for rel in files if args.overwrite or not os.path.exists(out(rel))]
     existing = len(files) - len(todo)
+    normal_dir = args.normal_path or os.path.join(os.path.dirname(os.path.abspath(args.underexposed_path)), "normal")
+    print(f"weights: {args.enhance_checkpoint}")
     print(f"enhancing {len(todo)} images from {args.underexposed_path} into {args.enhanced_path} on {device}"
           + (f" ({existing} already there, kept; --overwrite replaces them)" if existing else ""))
 
@@ -92,10 +98,19 @@ def main(argv=None):
             try:
                 job.result()
                 written += 1
-            except OSError as e:
+            except (OSError, ImageReadError) as e:
                 failed.append(f"{out(rel)}: cannot write ({e})")
                 tqdm.write(f"failed {failed[-1]}")
         del pending[:job_count]
+
+    def save(rel, x, enhanced):
+        write_image(enhanced, out(rel))
+        if args.comparison_path:
+            panels = [to_uint8(x), enhanced]
+            normal = os.path.join(normal_dir, rel)
+            if os.path.isfile(normal):
+                panels.append(read_image(normal))
+            write_image(side_by_side(panels), os.path.join(args.comparison_path, os.path.splitext(rel)[0] + ".png"))
 
     written = 0
     with ThreadPoolExecutor(max_workers=2) as writer, tqdm(total=len(todo), unit="img") as bar:
@@ -109,8 +124,8 @@ def main(argv=None):
                     by_size.setdefault(tuple(x.shape), []).append((rel, x))
             for group in by_size.values():
                 r = enhance(model, torch.stack([x for _, x in group]).to(device), tile=args.tile)
-                for (rel, _), img in zip(group, r):
-                    pending.append((rel, writer.submit(write_image, to_uint8(img), out(rel))))
+                for (rel, x), img in zip(group, r):
+                    pending.append((rel, writer.submit(save, rel, x, to_uint8(img))))
             finish(max(0, len(pending) - 4 * args.batch_size))
             bar.update(len(batch))
         finish(len(pending))

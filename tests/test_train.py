@@ -109,3 +109,23 @@ def test_test_py_matches_a_direct_network_call(tmp_path):
         with torch.no_grad():
             expected = to_uint8(model(x)[0][0])
         np.testing.assert_array_equal(read_image(str(tmp_path / "out" / rel)), expected, err_msg=rel)
+
+
+def test_comparison_pictures_put_input_enhanced_and_normal_side_by_side(tmp_path):
+    torch.manual_seed(0)
+    model = init_weights(EnhanceNet()).eval()
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    rng = np.random.default_rng(1)
+    normal = (rng.random((30, 40, 3)) * 255).astype(np.uint8)
+    write_image(normal, str(tmp_path / "set/normal/x.png"))
+    write_image(normal // 4, str(tmp_path / "set/underexposed/x.png"))
+    write_image(normal // 4, str(tmp_path / "set/underexposed/y.png"))  # no normal image: two panels
+    assert test_script.main(["--underexposed_path", str(tmp_path / "set/underexposed"), "--enhanced_path",
+                             str(tmp_path / "out"), "--enhance_checkpoint", str(tmp_path / "w.pth"), "--device", "cpu",
+                             "--num_workers", "0", "--comparison_path", str(tmp_path / "cmp")]) == 0
+    picture = read_image(str(tmp_path / "cmp/x.png"))
+    assert picture.shape == (30, 3 * 40 + 2 * 4, 3)
+    np.testing.assert_array_equal(picture[:, :40], normal // 4)
+    np.testing.assert_array_equal(picture[:, 44:84], read_image(str(tmp_path / "out/x.png")))
+    np.testing.assert_array_equal(picture[:, 88:], normal)
+    assert read_image(str(tmp_path / "cmp/y.png")).shape == (30, 2 * 40 + 4, 3)

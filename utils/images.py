@@ -1,6 +1,7 @@
 """Image files: finding them in a folder tree, reading any common format as RGB, writing as save_image does."""
 import os
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps
@@ -59,3 +60,16 @@ def write_image(array, path):
     a killed run never leaves a half-written image under an image name."""
     fmt = Image.registered_extensions()[os.path.splitext(path)[1].lower()]
     atomic_write(path, lambda f: Image.fromarray(array).save(f, format=fmt))
+
+
+def side_by_side(images, gap=4):
+    """HxWx3 uint8 images side by side on white, each scaled to the first one's height."""
+    h = images[0].shape[0]
+    panels = [im if im.shape[0] == h else cv2.resize(im, (max(1, round(im.shape[1] * h / im.shape[0])), h),
+                                                      interpolation=cv2.INTER_AREA) for im in images]
+    canvas = np.full((h, sum(p.shape[1] for p in panels) + gap * (len(panels) - 1), 3), 255, np.uint8)
+    x = 0
+    for p in panels:
+        canvas[:, x:x + p.shape[1]] = p
+        x += p.shape[1] + gap
+    return canvas
