@@ -436,7 +436,8 @@ def test_every_load_of_the_project_is_weights_only():
     """torch.load(..., weights_only=True) and np.load(..., allow_pickle=False) everywhere outside tests/."""
     calls = []
     for path in sorted(ROOT.rglob("*.py")):
-        if "tests" in path.relative_to(ROOT).parts:
+        parts = path.relative_to(ROOT).parts
+        if "tests" in parts or any(part.startswith(".") for part in parts):  # .venv, .git, ...
             continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
