@@ -186,8 +186,8 @@ def train(args, log, stop, rank, world, device):
         except (KeyError, RuntimeError) as e:
             log.fail(f"{path}: cannot resume ({type(e).__name__}: {str(e).splitlines()[0]})")
         log(f"resumed from {path} at epoch {epoch}, iteration {start_batch}")
-    log(f"training on {device}" + (f" x {world} processes" if world > 1 else "") + f": {len(train_set)} images, "
-        f"{len(names)} identities, batch {args.batch_size}" + (f" per process ({args.batch_size * world} in all)" if world > 1 else "") + ", "
+    processes = f" per process x {world} processes" if world > 1 else ""
+    log(f"training on {device}: {len(train_set)} images, {len(names)} identities, batch {args.batch_size}{processes}, "
         f"{iters_per_epoch} iterations per epoch, epochs {epoch}..{args.epoch_num - 1}")
 
     net = model  # the bare network, whose state dict the checkpoints hold
@@ -197,8 +197,8 @@ def train(args, log, stop, rank, world, device):
     def save_resume(epoch, batch):
         if not main_process:
             return
-        atomic_save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                     "batch": batch, "images": len(train_set), "world": world, "rng": rng_state(), "args": vars(args)}, resume_path)
+        atomic_save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "batch": batch,
+                     "images": len(train_set), "world": world, "rng": rng_state(), "args": vars(args)}, resume_path)
 
     def last_good():
         return f"last resume point: {resume_path}" if os.path.exists(resume_path) else "no resume point written yet"
