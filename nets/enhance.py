@@ -23,12 +23,15 @@ class EnhanceNet(nn.Module):
                                   _conv(128, 64), _conv(64, 16), _conv(16, 3), nn.Sigmoid())
 
     def forward(self, x):
-        x1 = F.relu(self.e_conv1(x))
-        x2 = F.relu(self.e_conv2(x1))
-        x3 = F.relu(self.e_conv3(x2))
-        x4 = F.relu(self.e_conv4(torch.cat([x2, x3], 1)))
-        x5 = F.relu(self.e_conv5(torch.cat([x1, x4], 1)))
-        x6 = F.relu(self.e_conv6(x5))
+        x1 = F.relu(self.e_conv1(x), inplace=True)
+        x2 = F.relu(self.e_conv2(x1), inplace=True)
+        x3 = F.relu(self.e_conv3(x2), inplace=True)
+        x4 = F.relu(self.e_conv4(torch.cat([x2, x3], 1)), inplace=True)
+        del x2, x3  # dead activations go at once: the peak memory of inference on large images
+        x5 = F.relu(self.e_conv5(torch.cat([x1, x4], 1)), inplace=True)
+        del x1, x4
+        x6 = F.relu(self.e_conv6(x5), inplace=True)
+        del x5
         i = torch.clamp(self.conv(x6) + x, 1e-4, 1)
         r = torch.clamp(x / i, 0, 1)
         return r, i
@@ -46,11 +49,12 @@ RECEPTIVE_RADIUS = 11  # eleven 3x3 convolutions: an output pixel sees 11 pixels
 
 
 @torch.inference_mode()
-def enhance(model, x, tile=None, halo=16):
-    """Enhanced image r of a Bx3xHxW [0,1] batch. With `tile`, images larger than tile x tile are processed
-    in tiles that overlap by `halo` (>= the receptive radius) so the result equals the whole-image result
-    while memory stays bounded."""
+def enhance(model, x, tile=None, halo=RECEPTIVE_RADIUS):
+    """Enhanced image r of a Bx3xHxW [0,1] batch, computed in channels_last (the faster layout of this network's
+    inference on CPUs and GPUs). With `tile`, images larger than tile x tile go through in tiles that overlap
+    by `halo` (>= the receptive radius), so the result equals the whole-image result while memory stays bounded."""
     assert halo >= RECEPTIVE_RADIUS, f"halo must be at least {RECEPTIVE_RADIUS}"
+    x = x.contiguous(memory_format=torch.channels_last)
     h, w = x.shape[-2:]
     if tile is None or (h <= tile and w <= tile):
         return model(x)[0]

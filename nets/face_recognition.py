@@ -15,8 +15,8 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
+from nets.losses import global_mean
 from nets.retinaface import biggest_face
-from utils.distributed import global_sum
 
 FACE_SIZE = 160
 
@@ -99,10 +99,11 @@ def cosine_logits(embeddings, database):
 class FaceRecognitionLoss(nn.Module):
     """Face loss: cross-entropy of the identity labels over the cosine similarities to the database.
 
-    Built once; forward(enhanced Bx3xHxW in [0,1], labels B) -> (loss, logits BxN, found B bool).
-    Detection runs without gradient on enhanced * 255 (one detector call per batch), the biggest face of
-    each image is aligned from the enhanced tensor itself and embedded by the frozen FaceNet (one forward).
-    An image without a face gets a row of zero logits; the loss is the mean over the whole (global) batch.
+    Built once; forward(enhanced Bx3xHxW in [0,1], labels B) -> (loss, logits BxN, found B bool), in three
+    steps that can also be called one by one: `detect` (without gradient, on enhanced * 255, one detector
+    call per batch), `embed` (the biggest face of each image aligned from the enhanced tensor itself, all
+    faces through the frozen FaceNet in one forward) and `loss`. An image without a face gets a row of zero
+    logits; the loss is the mean over the whole (global) batch.
     """
 
     def __init__(self, detector, facenet, database_encodings):
@@ -111,18 +112,28 @@ class FaceRecognitionLoss(nn.Module):
         self.facenet = facenet
         self.register_buffer("database", torch.as_tensor(database_encodings, dtype=torch.float32))
 
-    def forward(self, enhanced, labels):
+    def detect(self, enhanced):
+        """The biggest face's detection row of each image, or None."""
         with torch.no_grad(), torch.autocast(enhanced.device.type, enabled=False):
-            dets = self.detector.detect(enhanced.detach().float() * 255)
-        faces, found = align_faces(enhanced, [biggest_face(d) for d in dets])
-        logits = enhanced.new_zeros(len(enhanced), len(self.database), dtype=torch.float32)
+            return [biggest_face(d) for d in self.detector.detect(enhanced.detach().float() * 255)]
+
+    def embed(self, enhanced, rows):
+        """(Kx128 FaceNet embeddings with gradient to `enhanced`, the K indices of the images with a face)."""
+        faces, found = align_faces(enhanced, rows)
+        return self.facenet(faces), found
+
+    def loss(self, embeddings, found, labels):
+        """(loss, logits BxN, found B bool) from the embeddings of the images `found` of a batch of len(labels)."""
+        logits = embeddings.new_zeros(len(labels), len(self.database), dtype=torch.float32)
         if found:
-            index = torch.tensor(found, device=enhanced.device)
-            logits = logits.index_put((index,), cosine_logits(self.facenet(faces), self.database))
-        mask = torch.zeros(len(enhanced), dtype=torch.bool, device=enhanced.device)
+            index = torch.tensor(found, device=labels.device)
+            logits = logits.index_put((index,), cosine_logits(embeddings, self.database))
+        mask = torch.zeros(len(labels), dtype=torch.bool, device=labels.device)
         mask[found] = True
-        loss = global_sum(F.cross_entropy(logits, labels, reduction="sum")) / global_sum(logits.new_tensor(float(len(labels))))
-        return loss, logits, mask
+        return global_mean(F.cross_entropy(logits, labels, reduction="none")), logits, mask
+
+    def forward(self, enhanced, labels):
+        return self.loss(*self.embed(enhanced, self.detect(enhanced)), labels)
 
 
 @torch.no_grad()

@@ -160,7 +160,7 @@ class FaceDetector:
 
     def __init__(self, model, device="cpu", confidence=0.5, nms_iou=0.3, size=640):
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device, memory_format=torch.channels_last).eval()  # faster on CPUs and GPUs
         self.confidence, self.nms_iou, self.size = confidence, nms_iou, size
         self.priors = priors((size, size)).to(self.device)
         self.mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1)
@@ -181,10 +181,8 @@ class FaceDetector:
             b, _, h, w = x.shape
             nh, nw = self._fit(h, w)
             x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=False)
-            batch = torch.full((b, 3, S, S), 128.0, device=self.device)
             top, left = (S - nh) // 2, (S - nw) // 2
-            batch[:, :, top:top + nh, left:left + nw] = x
-            return batch - self.mean, [(h, w)] * b
+            return F.pad(x, (left, S - nw - left, top, S - nh - top), value=128.0) - self.mean, [(h, w)] * b
         canvases, shapes = [], []
         for img in images:
             img = np.asarray(img, dtype=np.float32)
@@ -218,9 +216,10 @@ class FaceDetector:
         """Normalized letterbox coordinates -> original pixels. As the published retinaface_correct_boxes,
         the offset uses the unrounded scaled size (not the int() size the image was resized to)."""
         s = min(self.size / w, self.size / h)
-        off = torch.tensor([(self.size - w * s) / 2, (self.size - h * s) / 2], dtype=torch.float64)
-        xy = torch.cat([d[:, :4], d[:, 5:]], 1).unflatten(1, (7, 2))
-        xy = ((xy * self.size - off) / s).flatten(1)
+        xy = torch.cat([d[:, :4], d[:, 5:]], 1).unflatten(1, (7, 2)) * self.size
+        xy[..., 0] -= (self.size - w * s) / 2
+        xy[..., 1] -= (self.size - h * s) / 2
+        xy = (xy / s).flatten(1)
         return torch.cat([xy[:, :4], d[:, 4:5], xy[:, 4:]], 1)
 
 

@@ -1,0 +1,101 @@
+"""The fast paths compute the same thing: tiled inference, one detector and FaceNet call per batch, each image's
+VGG trunk once, nothing built inside the training step. (Speed itself is measured by benchmarks/benchmark.py.)"""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from nets.enhance import RECEPTIVE_RADIUS, EnhanceNet, enhance, init_weights
+from nets.face_recognition import FaceRecognitionLoss
+from nets.facenet import load_facenet
+from nets.losses import LowFaceNetObjective
+from nets.retinaface import load_retinaface
+from nets.vgg import load_vgg16
+from utils.images import read_image, to_tensor
+
+
+def test_tiled_enhancement_equals_the_whole_image_result():
+    torch.manual_seed(0)
+    model = init_weights(EnhanceNet(), std=0.06).eval()  # weights under which a pixel 11 away still matters:
+    x = torch.rand(2, 3, 100, 130)
+    with torch.no_grad():
+        whole = model(x)[0]
+        cut = lambda margin: (model(x[..., :48 + margin])[0][..., :48] - whole[..., :48]).abs().max().item()
+        assert cut(RECEPTIVE_RADIUS - 1) > 1e-5 >= cut(RECEPTIVE_RADIUS)  # a halo of 10 would not do
+    tiled = enhance(model, x, tile=48, halo=RECEPTIVE_RADIUS)  # 48 divides neither side: uneven edge tiles
+    assert tiled.shape == whole.shape
+    assert (tiled - whole).abs().max().item() <= 1e-5
+
+
+def test_enhancement_inference_in_channels_last_equals_the_published_layout():
+    torch.manual_seed(0)
+    model = EnhanceNet().eval()
+    x = torch.rand(1, 3, 40, 56)
+    with torch.no_grad():
+        expected = model(x)[0]
+    assert (enhance(model, x) - expected).abs().max().item() <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def objective_and_batch(retinaface_weights, facenet_file, vgg_file, lfw_faces):
+    """The full objective (real detector, stand-in FaceNet, VGG) and a batch of 3 faces, 128x128."""
+    faces = sorted(p for p in lfw_faces.rglob("*.jpg"))[:3]
+    low = torch.stack([to_tensor(read_image(str(p))) for p in faces])
+    low = torch.nn.functional.interpolate(low, size=(128, 128), mode="bilinear", antialias=True).clamp(0, 1) * 0.4
+    database = torch.nn.functional.normalize(torch.randn(5, 128, generator=torch.Generator().manual_seed(0)), dim=1)
+    face_loss = FaceRecognitionLoss(load_retinaface(retinaface_weights), load_facenet(facenet_file), database)
+    objective = LowFaceNetObjective(load_vgg16(vgg_file), face_loss)
+    rng = np.random.default_rng(0)
+    batch = (low, torch.from_numpy(rng.integers(0, 11, (3, 128, 128))), torch.tensor([0, 1, 2]),
+             torch.rand(3, 3, 128, 128), torch.rand(3, 3, 128, 128) * 0.3)
+    return objective, batch
+
+
+def _calls(monkeypatch, obj, name):
+    """Record the first argument of every call of obj.name (a list that fills as the calls come)."""
+    calls, original = [], getattr(obj, name)
+
+    def counted(x, *args, **kwargs):
+        calls.append(x)
+        return original(x, *args, **kwargs)
+    monkeypatch.setattr(obj, name, counted)
+    return calls
+
+
+def test_detector_and_facenet_run_once_per_batch(objective_and_batch, monkeypatch):
+    objective, (low, seg, labels, pos, neg) = objective_and_batch
+    detections = _calls(monkeypatch, objective.face_loss.detector, "detect")
+    embeddings = _calls(monkeypatch, objective.face_loss.facenet, "forward")
+    model = EnhanceNet()
+    _, _, logits = objective(*model(low), low, pos, neg, seg, labels)
+    assert len(detections) == 1 and len(detections[0]) == 3
+    assert len(embeddings) == 1 and (logits != 0).any(1).sum().item() == len(embeddings[0]) > 0
+
+
+def test_each_image_goes_through_the_vgg_trunk_once(objective_and_batch, monkeypatch):
+    objective, (low, seg, labels, pos, neg) = objective_and_batch
+    vgg = objective.vgg.features
+    first = _calls(monkeypatch, vgg[0], "forward")  # conv1_1: every image
+    stage4 = _calls(monkeypatch, vgg[17], "forward")  # conv4_1: only what relu4_3 is needed of
+    model = EnhanceNet()
+    objective(*model(low), low, pos, neg, seg, labels)
+    assert sum(len(x) for x in first) == 4 * 3  # enhanced, positives, negatives, input
+    assert sum(len(x) for x in stage4) == 2 * 3  # enhanced (perceptual, with gradient) and input
+
+
+def test_training_step_builds_no_module(objective_and_batch, monkeypatch):
+    objective, (low, seg, labels, pos, neg) = objective_and_batch
+    model = EnhanceNet()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    built, original = [], nn.Module.__init__
+
+    def counted(self, *args, **kwargs):
+        built.append(type(self).__name__)
+        original(self, *args, **kwargs)
+    monkeypatch.setattr(nn.Module, "__init__", counted)
+    total, _, _ = objective(*model(low), low, pos, neg, seg, labels)
+    optimizer.zero_grad()
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+    optimizer.step()
+    assert built == []
