@@ -31,7 +31,7 @@ from utils.checkpoint import CheckpointError
 from utils.face_database import identity_of, load_encodings
 from utils.images import ImageReadError, list_images, read_image, to_tensor
 from utils.metrics import Average, psnr, ssim
-from utils.runtime import resolve_device
+from utils.runtime import keep_freed_memory, resolve_device
 
 RECOGNITION_SETS = ("CASIA-Test", "LaPa-Test", "LFW")
 IQA_SETS = ("CelebA-Test", "CelebA-Test-2", "real", "samples")  # samples: the bundled dataset/samples
@@ -207,6 +207,7 @@ def evaluate_iqa(args, files, images_dir, normal_dir, device, failed):
 def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
+    keep_freed_memory()
     dataset_dir = os.path.join(args.dataset_root, args.dataset_name)
     images_dir = os.path.join(dataset_dir, "SOTAs", args.method_name)
     normal_dir = os.path.join(dataset_dir, "normal")

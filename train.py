@@ -40,7 +40,7 @@ from utils.checkpoint import CheckpointError, atomic_save, read_checkpoint
 from utils import distributed
 from utils.data import TrainSet
 from utils.face_database import load_encodings
-from utils.runtime import seed_everything
+from utils.runtime import keep_freed_memory, seed_everything
 
 
 def parse_args(argv=None):
@@ -105,8 +105,16 @@ class Log:
         sys.exit(f"error: {message}")
 
 
+def leave_signals_to_main(_):
+    """DataLoader workers ignore Ctrl-C and SIGTERM (a scheduler signals every process of a job): the main process
+    saves a resume point and then stops them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def main(argv=None):
     args = parse_args(argv)
+    keep_freed_memory()
     seed_everything(args.seed)
     deterministic = torch.are_deterministic_algorithms_enabled()
     if args.deterministic:
@@ -211,7 +219,7 @@ def train(args, log, stop, rank, world, device):
         sampler.set_epoch(epoch)
         order = list(sampler)[start_batch * args.batch_size:]  # resumable mid-epoch
         loader = DataLoader(train_set, batch_size=args.batch_size, sampler=order, num_workers=args.num_workers,
-                            drop_last=True, pin_memory=device.type == "cuda")
+                            drop_last=True, pin_memory=device.type == "cuda", worker_init_fn=leave_signals_to_main)
         correct = seen = 0
         sums, tic = {}, time.time()
         for it, (low, seg, labels, pos, neg) in enumerate(loader, start=start_batch):

@@ -258,6 +258,21 @@ def test_training_killed_mid_epoch_resumes_to_the_same_weights(train_args, tmp_p
             torch.testing.assert_close(resumed[k], v, rtol=0, atol=1e-6, msg=f"{sig.name}: {k}")
 
 
+def test_sigterm_to_every_process_of_the_job_with_loader_workers_saves_and_stops(train_args, tmp_path):
+    output = tmp_path / "group.txt"
+    with open(output, "w") as out:  # a session of its own: the signal goes to train.py and its worker
+        proc = subprocess.Popen([sys.executable, "train.py", *train_args(*QUICK, "--num_workers", "1", ckpt="group")],
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 300
+    while (_resume_point(tmp_path / "group" / "resume.pth") or (0, 0))[1] < 1:
+        assert proc.poll() is None and time.time() < deadline, output.read_text()[-3000:]
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=300) == 0, output.read_text()[-3000:]
+    epoch, batch = _resume_point(tmp_path / "group" / "resume.pth")
+    assert f"stopped at epoch 0 iteration {batch}; continue with --resume" in output.read_text()
+
+
 def test_atomic_save_killed_while_writing_leaves_old_or_new_file(tmp_path):
     target = tmp_path / "state.pth"
     writer = ("import itertools, torch\nfrom utils.checkpoint import atomic_save\nfor i in itertools.count():\n"

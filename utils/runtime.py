@@ -1,5 +1,7 @@
-"""Run-time set-up shared by the scripts: device choice and seeding."""
+"""Run-time set-up shared by the scripts: device choice, seeding and the memory allocator."""
+import ctypes
 import random
+import sys
 
 import numpy as np
 import torch
@@ -21,3 +23,19 @@ def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def keep_freed_memory():
+    """Make glibc keep freed memory for reuse instead of handing it back to the system (Linux only; elsewhere a
+    no-op). Activations of 30 MB and more are otherwise mapped afresh and zeroed page by page at every
+    allocation, which costs about 10 % of the enhancement network's CPU time. The resident memory then stays at
+    its peak until the process ends; the peak itself does not grow."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl, say): nothing to tune
+        return
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    libc.mallopt(M_MMAP_MAX, 0)  # large blocks come from the heap, where freed ones are reused
+    libc.mallopt(M_TRIM_THRESHOLD, 2 ** 62)  # and the heap's top is never given back

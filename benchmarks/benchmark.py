@@ -1,0 +1,494 @@
+"""Speed of Low-FaceNet on this machine, measured in one run: prints a table and writes it as JSON.
+
+    python benchmarks/benchmark.py                                   # CPU: every part (about 25 minutes on 2 cores)
+    python benchmarks/benchmark.py --quick                           # smoke run: small sizes, one repeat
+    python benchmarks/benchmark.py --device cuda --amp --json benchmarks/cuda.json
+
+Parts
+  1 ceiling   one dense 3x3 convolution, 128->128 channels at 384x384, float32 (bf16 with --amp), channels_last
+              (the layout the project computes in): the machine's achievable GFLOP/s, the denominator below
+  2 enhance   the enhancement network alone (inference, nets.enhance.enhance) at 384x384 and 1024x1024
+  3 test.py   test.main on a folder of 64 JPEGs of 384x384: images/s, and the ratio to part 2's rate
+  4 large     a 4096x4096 and a 6000x4000 image through enhance() in test.py's tiles (512, halo 11): time, peak memory
+  5 train     one training step (batch 2, 384x384, all losses, as train.py): time, peak memory, a breakdown
+              into parts and the roofline efficiency = the step's FLOPs / step time / ceiling
+  6 eval.py   eval.main on 256 face images (recognition, detection batched): images/s
+
+FLOPs are counted by forward hooks on every nn.Conv2d and nn.Linear (FlopCounter): a call's forward is 2 x its
+multiply-adds (output elements x input channels per group x kernel area; output elements x input features);
+its backward adds 2 x that when the layer's weights train, 1 x when only the input gradient passes (the frozen
+VGG and FaceNet on the enhanced image), nothing where no gradient flows (VGG on positives, negatives and the
+input; the detector). The training step does only necessary work (each image's VGG trunk once), so its count
+is its necessary FLOPs. Functional convolutions (the colour loss's blur, 0.03 GFLOP) are not counted.
+Memory: every part runs in a process of its own, whose peak resident set (ru_maxrss; torch itself is about
+0.35 GiB of it) is that part's; on CUDA also torch.cuda.max_memory_allocated.
+Weights: speed does not depend on their values. The enhancement network and VGG16 are randomly initialised.
+RetinaFace and FaceNet come from --retinaface_checkpoint / --facenet_checkpoint or, where those files are
+absent, from the project's shared test data (stand-ins: the published detector in shared/weights and FaceNet
+weights from shared/reference/parity_face.pt), so that real faces are found and the face loss really runs.
+"""
+import argparse
+import contextlib
+import io
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nets.enhance import EnhanceNet, enhance, init_weights  # noqa: E402
+from nets.face_recognition import FaceRecognitionLoss  # noqa: E402
+from nets.facenet import load_facenet  # noqa: E402
+from nets.losses import LowFaceNetObjective, seg_brightness_loss  # noqa: E402
+from nets.retinaface import load_retinaface  # noqa: E402
+from nets.vgg import load_vgg16, vgg16_trunk  # noqa: E402
+from utils.images import list_images, read_image, to_tensor, to_uint8, write_image  # noqa: E402
+from utils.runtime import keep_freed_memory, resolve_device  # noqa: E402
+
+SHARED = Path(os.environ.get("LOWFACENET_REFERENCE", ROOT.parent / "shared" / "reference")).parent
+ENHANCE_MACS_PER_PIXEL = 458_928
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast for the convolution, enhancement and training "
+                   "parts (for CUDA)")
+    p.add_argument("--json", default="benchmarks/results.json", help="where the results go")
+    p.add_argument("--quick", action="store_true", help="smoke run: small sizes, one repeat; figures not meaningful")
+    p.add_argument("--repeat", type=int, default=5, help="timed repeats of the short parts (the median is reported)")
+    p.add_argument("--parts", default="ceiling,enhance,test_py,large,train,eval_py", help="comma-separated subset")
+    p.add_argument("--retinaface_checkpoint", default="checkpoint/Retinaface_mobilenet0.25.pth")
+    p.add_argument("--facenet_checkpoint", default="checkpoint/facenet_mobilenet.pth")
+    p.add_argument("--vgg_checkpoint", default=None, help="a local VGG16 file (default: random weights)")
+    p.add_argument("--faces", default=str(SHARED / "faces" / "lfw-mini"),
+                   help="face photos in LFW layout (NAME/NAME_NNNN.jpg) for the training batch and eval.py")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.repeat = 1
+    return args
+
+# -----------------------------------------------------------------------------
+# measuring
+
+
+class FlopCounter:
+    """FLOPs of every nn.Conv2d / nn.Linear call made inside `with FlopCounter() as c:` (see the docstring)."""
+
+    def __enter__(self):
+        self.forward = self.backward = 0
+        self.handle = nn.modules.module.register_module_forward_hook(self.hook)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+    def hook(self, module, inputs, output):
+        if isinstance(module, nn.Conv2d):
+            macs = output.numel() * module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        elif isinstance(module, nn.Linear):
+            macs = output.numel() * module.in_features
+        else:
+            return
+        self.forward += 2 * macs
+        if output.requires_grad:
+            self.backward += 2 * macs * (2 if module.weight.requires_grad else 1)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device):
+    """(fn(), wall seconds of the call), the device's queue drained before and after."""
+    sync(device)
+    start = time.perf_counter()
+    result = fn()
+    sync(device)
+    return result, time.perf_counter() - start
+
+
+def median_seconds(fn, device, repeat):
+    """Median wall time of `repeat` calls of fn after one warm-up call."""
+    fn()
+    return statistics.median(timed(fn, device)[1] for _ in range(repeat))
+
+
+def autocast(args, device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence a script's progress bars and prints."""
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        yield
+
+# -----------------------------------------------------------------------------
+# data and weights
+
+
+def random_image(rng, h, w):
+    """An HxWx3 uint8 low-light picture: smooth random shapes, texture and noise (what JPEG and the network see)."""
+    coarse = rng.random((h // 32 + 2, w // 32 + 2, 3)).astype(np.float32)
+    smooth = torch.nn.functional.interpolate(torch.from_numpy(coarse).permute(2, 0, 1)[None], size=(h, w),
+                                             mode="bicubic", align_corners=False)[0].permute(1, 2, 0).numpy()
+    image = 0.35 * smooth + 0.05 * rng.standard_normal((h, w, 3)).astype(np.float32)
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+def face_photos(args):
+    return sorted(Path(args.faces).rglob("*.jpg"))
+
+
+def face_weights(args, tmp):
+    """(RetinaFace path, FaceNet path, note): the given checkpoints, or the shared stand-ins."""
+    note = []
+    retinaface = args.retinaface_checkpoint
+    if not os.path.isfile(retinaface):
+        retinaface = str(SHARED / "weights" / "Retinaface_mobilenet0.25.pth")
+        note.append(f"RetinaFace: stand-in {retinaface}")
+    facenet = args.facenet_checkpoint
+    if not os.path.isfile(facenet):
+        facenet = os.path.join(tmp, "facenet_mobilenet.pth")
+        reference = SHARED / "reference" / "parity_face.pt"
+        torch.save(torch.load(reference, map_location="cpu", weights_only=True)["facenet_weights"], facenet)
+        note.append(f"FaceNet: stand-in weights of {reference}")
+    return retinaface, facenet, "; ".join(note)
+
+
+def enhancement_model(device):
+    return init_weights(EnhanceNet()).to(device).eval()
+
+# -----------------------------------------------------------------------------
+# parts: each returns a dict of figures
+
+
+def part_ceiling(args, device, tmp):
+    size = 128 if args.quick else 384
+    conv = nn.Conv2d(128, 128, 3, padding=1).to(device, memory_format=torch.channels_last).eval()
+    x = torch.rand(1, 128, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast(args, device):
+        t = median_seconds(lambda: conv(x), device, max(args.repeat, 3 if device.type == "cpu" else 20))
+    flops = 2 * 128 * 128 * 9 * size * size
+    return {"size": size, "seconds": t, "gflop": flops / 1e9, "gflops": flops / t / 1e9}
+
+
+def part_enhance(args, device, tmp):
+    model = enhancement_model(device)
+    out = {}
+    for size in (128, 256) if args.quick else (384, 1024):
+        x = torch.rand(1, 3, size, size, device=device)
+        with FlopCounter() as counter:
+            enhance(model, x)
+        flops = 2 * ENHANCE_MACS_PER_PIXEL * size * size
+        assert counter.forward == flops, (counter.forward, flops)  # the hooks count what the issue states
+        with autocast(args, device):
+            t = median_seconds(lambda: enhance(model, x), device, args.repeat)
+        out[f"{size}x{size}"] = {"seconds": t, "gflop": flops / 1e9, "gflops": flops / t / 1e9}
+    return out
+
+
+def part_test_py(args, device, tmp):
+    import test as test_script
+    count, size = (8, 128) if args.quick else (64, 384)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        write_image(random_image(rng, size, size), os.path.join(tmp, "in", f"img_{i:03d}.jpg"))
+    checkpoint = os.path.join(tmp, "enhance.pth")
+    torch.save(enhancement_model("cpu").state_dict(), checkpoint)
+    runs = []
+    for run in range(1 if args.quick else 3):
+        argv = ["--underexposed_path", os.path.join(tmp, "in"), "--enhanced_path", os.path.join(tmp, f"out{run}"),
+                "--enhance_checkpoint", checkpoint, "--device", str(device)] + (["--amp"] if args.amp else [])
+        with quiet():
+            code, t = timed(lambda: test_script.main(argv), device)
+        assert code == 0 and len(list_images(os.path.join(tmp, f"out{run}"))[0]) == count
+        runs.append(t)
+    t = statistics.median(runs)
+    return {"images": count, "size": f"{size}x{size}", "seconds": t, "images_per_s": count / t}
+
+
+def part_large(args, device, tmp, h, w):
+    import test as test_script
+    tile = test_script.parse_args([]).tile
+    h, w, tile = (h // 4, w // 4, tile // 2) if args.quick else (h, w, tile)
+    model = enhancement_model(device)
+    image = random_image(np.random.default_rng(0), h, w)
+
+    def run():
+        with autocast(args, device):
+            return to_uint8(enhance(model, to_tensor(image)[None].to(device), tile=tile)[0].float())
+    t = timed(run, device)[1]
+    flops = 2 * ENHANCE_MACS_PER_PIXEL * h * w
+    return {"size": f"{w}x{h}", "tile": tile, "seconds": t, "gflop": flops / 1e9, "gflops": flops / t / 1e9}
+
+
+def training_setup(args, device, tmp):
+    """(model, objective, optimizer, batch) as train.py builds them, batch 2 of real faces."""
+    size = 128 if args.quick else 384
+    retinaface, facenet_path, note = face_weights(args, tmp)
+    vgg = load_vgg16(args.vgg_checkpoint, device) if args.vgg_checkpoint else vgg16_trunk().to(device)
+    database = torch.nn.functional.normalize(torch.randn(2185, 128), dim=1)  # LaPa-Face: 2185 identities
+    face_loss = FaceRecognitionLoss(load_retinaface(retinaface, device), load_facenet(facenet_path, device=device),
+                                    database)
+    objective = LowFaceNetObjective(vgg, face_loss).to(device)
+    model = init_weights(EnhanceNet()).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    photos = face_photos(args)
+    images = torch.stack([to_tensor(read_image(str(p))) for p in photos[:6]])
+    images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
+    low, pos, neg = images[0:2] * 0.35, images[2:4], images[4:6] * 0.35
+    seg = torch.randint(0, 11, (2, size, size))
+    labels = torch.randint(0, len(database), (2,))
+    batch = [t.to(device) for t in (low, seg, labels, pos, neg)]
+    return model, objective, optimizer, batch, note
+
+
+def training_step(args, device, model, objective, optimizer, batch):
+    """One step exactly as train.py takes it."""
+    low, seg, labels, pos, neg = batch
+    with autocast(args, device):
+        enhanced, illumination = model(low)
+        total, terms, logits = objective(enhanced, illumination, low, pos, neg, seg, labels)
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+    optimizer.step()
+    return logits
+
+
+def training_step_in_parts(args, device, model, objective, optimizer, batch):
+    """The same step with the graph cut at the enhanced image, the VGG taps and the FaceNet embeddings, so that
+    each part's forward and backward can be timed alone: {part: seconds}."""
+    low, seg, labels, pos, neg = batch
+    face = objective.face_loss
+    optimizer.zero_grad(set_to_none=True)
+    times = {}
+
+    def part(name, fn):
+        result, times[name] = timed(fn, device)
+        return result
+
+    def cut(t):
+        return t.detach().requires_grad_()
+
+    def losses():
+        terms = objective.image_terms(e, i, low, pos, neg, seg, (taps, *features[1:]))
+        terms["face"] = face.loss(codes, found, labels)[0]
+        return objective.total(terms)
+
+    def optimize():
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        optimizer.step()
+    with autocast(args, device):
+        enhanced, illumination = part("enhancement forward", lambda: model(low))
+        e, i = cut(enhanced), cut(illumination)
+        features = part("VGG forward (enhanced with gradient; positives, negatives, input without)",
+                        lambda: objective.features(e, low, pos, neg))
+        taps = [cut(f) for f in features[0]]
+        rows = part("detector (once per batch, no gradient)", lambda: face.detect(e))
+        embeddings, found = part("face crops + FaceNet forward", lambda: face.embed(e, rows))
+        codes = cut(embeddings)
+        total = part("losses forward", losses)
+    part("losses backward", total.backward)
+    part("FaceNet + crops backward", lambda: embeddings.backward(codes.grad))
+    part("VGG backward (input gradient only)", lambda: torch.autograd.backward(features[0], [t.grad for t in taps]))
+    part("enhancement backward", lambda: torch.autograd.backward([enhanced, illumination], [e.grad, i.grad]))
+    part("optimizer (clip + Adam)", optimize)
+    grey = cut(enhanced)
+    part("of the losses: segmentation loss forward + backward", lambda: seg_brightness_loss(grey, seg).backward())
+    return times
+
+
+def part_train(args, device, tmp):
+    model, objective, optimizer, batch, note = training_setup(args, device, tmp)
+    step = lambda: training_step(args, device, model, objective, optimizer, batch)
+    logits = step()  # warm-up
+    with FlopCounter() as counter:
+        step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = [timed(step, device)[1] for _ in range(args.repeat)]
+    parts = training_step_in_parts(args, device, model, objective, optimizer, batch)
+    t = statistics.median(times)
+    return {"batch": 2, "size": tuple(batch[0].shape[-2:]), "seconds": t, "seconds_all": times,
+            "gflop_forward": counter.forward / 1e9, "gflop_backward": counter.backward / 1e9,
+            "gflop": (counter.forward + counter.backward) / 1e9,
+            "gflops": (counter.forward + counter.backward) / t / 1e9, "faces_found": int((logits != 0).any(1).sum()),
+            "parts": parts, "weights": note}
+
+
+def part_eval_py(args, device, tmp):
+    import eval as eval_script
+    from utils.face_database import load_encodings
+    count = 32 if args.quick else 256
+    retinaface, facenet_path, note = face_weights(args, tmp)
+    data = Path(tmp) / "dataset" / "LFW"
+    photos = face_photos(args)
+    for p in photos:  # the database: every photo of lfw-mini, LFW layout
+        write_image(read_image(str(p)), str(data / "normal" / p.parent.name / p.name))
+    for k in range(count):  # the images to identify: the photos again and again, under new names
+        p = photos[k % len(photos)]
+        write_image(read_image(str(p)), str(data / "SOTAs" / "Ours" / p.parent.name / f"{p.parent.name}_{k:04d}.jpg"))
+    common = ["--facenet_checkpoint", facenet_path, "--retinaface_checkpoint", retinaface,
+              "--database_root", os.path.join(tmp, "database"), "--encoding_root", os.path.join(tmp, "encoding")]
+    with quiet():  # the face database is built beforehand, as a real evaluation finds it after its first run
+        load_encodings(str(data / "normal"), os.path.join(tmp, "database", "LFW"), os.path.join(tmp, "encoding"),
+                       "LFW", load_retinaface(retinaface, device), load_facenet(facenet_path, device=device),
+                       facenet_path, device)
+        argv = ["--dataset_name", "LFW", "--dataset_root", os.path.join(tmp, "dataset"), "--method_name", "Ours",
+                "--device", str(device), "--log_path", os.path.join(tmp, "eval.txt"), *common]
+        code, t = timed(lambda: eval_script.main(argv), device)
+    assert code == 0
+    return {"images": count, "seconds": t, "images_per_s": count / t, "batch_size": 16, "weights": note}
+
+# -----------------------------------------------------------------------------
+# one process per part
+
+
+def cpu_seconds():
+    """(busy CPU seconds of the whole machine since boot, of this process and its children); Linux."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    own = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK"), sum(r.ru_utime + r.ru_stime for r in own)
+
+
+def run_part(name, args):
+    """Runs in a fresh process: the part's figures, its peak memory, or the error that stopped it, and the share
+    of the machine's CPUs that other processes used meanwhile (a disturbed measurement shows)."""
+    keep_freed_memory()
+    device = resolve_device(args.device)
+    function, *extra = PARTS[name]
+    machine_start, own_start, start = *cpu_seconds(), time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            result = function(args, device, tmp, *extra)
+        except Exception as e:  # reported in the table, the other parts go on
+            result = {"error": f"{type(e).__name__}: {e}"}
+    machine_end, own_end = cpu_seconds()
+    others = (machine_end - machine_start) - (own_end - own_start)
+    result["others_cpu_share"] = max(0.0, others / ((time.perf_counter() - start) * os.cpu_count()))
+    result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin"
+                                                                                    else 1024) / 2 ** 30
+    if device.type == "cuda":
+        result["peak_cuda_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return result
+
+
+PARTS = {"ceiling": (part_ceiling,), "enhance": (part_enhance,), "test_py": (part_test_py,),
+         "large_4096x4096": (part_large, 4096, 4096), "large_6000x4000": (part_large, 4000, 6000),
+         "train": (part_train,), "eval_py": (part_eval_py,)}
+
+
+def run_isolated(name, args):
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            return pool.submit(run_part, name, args).result()
+        except BrokenProcessPool as e:  # killed (out of memory, say)
+            return {"error": f"the process died: {e}"}
+
+# -----------------------------------------------------------------------------
+# report
+
+
+def machine(device):
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    out = {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out
+
+
+def table(results):
+    """Rows (part, figure, value, note) of the results with their derived ratios (added to `results` too)."""
+    rows = []
+    ceiling = results.get("ceiling", {}).get("gflops")
+    share = lambda gflops: f"{gflops / ceiling:.2f} of the ceiling" if ceiling else ""
+    for name, r in results.items():
+        if "error" in r:
+            rows.append((name, "error", r["error"][:100], ""))
+            continue
+        memory = f"{r['peak_rss_gib']:.2f} GiB peak RSS" + (f", {r['peak_cuda_gib']:.2f} GiB CUDA" if "peak_cuda_gib" in r else "")
+        if name == "ceiling":
+            rows.append((name, f"conv 128->128 3x3 at {r['size']}x{r['size']}", f"{r['gflops']:.1f} GFLOP/s",
+                         f"{r['seconds'] * 1e3:.1f} ms for {r['gflop']:.1f} GFLOP"))
+        elif name == "enhance":
+            for size, s in r.items():
+                if isinstance(s, dict):
+                    s["of_ceiling"] = s["gflops"] / ceiling if ceiling else None
+                    rows.append((name, f"network alone, {size}", f"{s['seconds']:.3f} s", f"{s['gflops']:.1f} GFLOP/s, "
+                                 + share(s["gflops"])))
+        elif name == "test_py":
+            line = f"{r['images']} JPEGs of {r['size']}, {r['seconds']:.1f} s; {memory}"
+            alone = results.get("enhance", {}).get(r["size"])
+            if alone:
+                r["of_network_alone"] = r["images_per_s"] * alone["seconds"]
+                line = f"{r['of_network_alone']:.2f} of the network alone; " + line
+            rows.append((name, "test.main end to end", f"{r['images_per_s']:.2f} images/s", line))
+        elif name.startswith("large"):
+            r["of_ceiling"] = r["gflops"] / ceiling if ceiling else None
+            rows.append((name, f"{r['size']}, tiles of {r['tile']}", f"{r['seconds']:.1f} s",
+                         f"{memory}; {r['gflops']:.1f} GFLOP/s, {share(r['gflops'])}"))
+        elif name == "train":
+            r["efficiency"] = r["gflops"] / ceiling if ceiling else None
+            rows.append((name, f"step, batch 2, {r['size'][0]}x{r['size'][1]}", f"{r['seconds']:.2f} s",
+                         f"{r['gflop'] / 1e3:.3f} TFLOP ({r['gflop_forward'] / 1e3:.3f} forward), {r['gflops']:.1f} "
+                         f"GFLOP/s, efficiency {share(r['gflops'])}; {memory}; faces found {r['faces_found']}/2"))
+            for part, t in r["parts"].items():
+                rows.append(("", f"  {part}", f"{t:.3f} s", ""))
+            parts_sum = sum(t for k, t in r["parts"].items() if not k.startswith("of "))
+            rows.append(("", "  sum of the parts", f"{parts_sum:.2f} s", ""))
+        elif name == "eval_py":
+            rows.append((name, "eval.main, recognition", f"{r['images_per_s']:.2f} images/s",
+                         f"{r['images']} images, {r['seconds']:.1f} s, detection in batches of {r['batch_size']}; {memory}"))
+    return rows
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    wanted = args.parts.split(",")
+    names = [n for n in PARTS if n in wanted or (n.startswith("large") and "large" in wanted)]
+    results = {}
+    for name in names:
+        print(f"running {name} ...", flush=True)
+        results[name] = run_isolated(name, args)
+    rows = table(results)
+    widths = [max(len(str(row[k])) for row in rows) for k in range(3)]
+    print(f"\nLow-FaceNet benchmark on {device} ({machine(device)})" + (" -- quick: not meaningful" if args.quick else ""))
+    print(f"flags: amp={args.amp} (inference, VGG and the detector compute in channels_last; the enhancement network "
+          "trains in NCHW, whose weight gradient is the faster one on CPUs)")
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[3])
+    notes = sorted({r["weights"] for r in results.values() if r.get("weights")})
+    for note in notes:
+        print(f"weights (speed does not depend on their values): {note}")
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"machine": machine(device), "args": vars(args), "results": results}, f, indent=1)
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

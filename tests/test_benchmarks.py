@@ -1,0 +1,63 @@
+"""The measuring scripts run and report what they claim (their figures themselves are not asserted: speed is
+never tested, and quality depends on the weights)."""
+import json
+import shutil
+
+import numpy as np
+import torch
+
+from benchmarks import benchmark, demo_quality
+from nets.enhance import EnhanceNet, init_weights
+from utils.images import read_image, to_tensor
+from utils.metrics import psnr
+
+from conftest import ROOT
+
+SAMPLES = ROOT / "dataset" / "samples"
+
+
+def test_speed_benchmark_quick_run_writes_its_table(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    benchmark.main(["--quick", "--parts", "ceiling,enhance", "--json", str(out)])
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"ceiling", "enhance"}
+    assert "error" not in results["enhance"]  # the part checks its hook-counted FLOPs against 458,928 MACs/pixel
+    assert results["ceiling"]["gflops"] > 0 and results["ceiling"]["peak_rss_gib"] > 0
+    for size in ("128x128", "256x256"):
+        figures = results["enhance"][size]
+        assert figures["gflop"] == 2 * 458_928 * int(size.split("x")[0]) ** 2 / 1e9
+        assert figures["gflops"] == figures["gflop"] / figures["seconds"]
+    assert "of the ceiling" in capsys.readouterr().out
+
+
+def test_demo_bar():
+    dark = {"psnr": 10.0, "ssim": 0.5, "da": 1.0, "db": 1.0, "faces": 3}
+    clahe = {"psnr": 12.0, "ssim": 0.6, "da": 1.0, "db": 1.0, "faces": 3}
+    good = {"psnr": 13.5, "ssim": 0.7, "da": 2.0, "db": 4.9, "faces": 3}
+    figures = {"dark input": dark, "CLAHE": clahe}
+    assert demo_quality.meets_bar(good, figures)
+    for change in ({"psnr": 12.9}, {"psnr": 11.5}, {"ssim": 0.55}, {"db": 5.0}, {"da": 6.0}, {"faces": 2}):
+        assert not demo_quality.meets_bar({**good, **change}, figures), change
+
+
+def test_demo_quality_measures_every_set(tmp_path, lfw_faces, retinaface_weights):
+    faces = tmp_path / "faces"
+    for p in sorted(lfw_faces.rglob("*.jpg"))[:2]:
+        (faces / p.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, faces / p.parent.name / p.name)
+    weights = tmp_path / "random.pth"
+    torch.manual_seed(0)
+    torch.save(init_weights(EnhanceNet()).state_dict(), weights)
+    out = tmp_path / "quality.json"
+    demo_quality.main(["--enhance_checkpoint", str(weights), "--samples", str(SAMPLES), "--faces", str(faces), "--retinaface_checkpoint",
+                       str(retinaface_weights), "--device", "cpu", "--json", str(out)])
+    results = json.loads(out.read_text())["results"]
+    assert [results[s]["images"] for s in results] == [5, 2, 2]
+    samples = results["samples"]
+    low = [to_tensor(read_image(str(SAMPLES / d / f"astronaut_000{k}.png")))[None] for d in ("underexposed", "normal")
+           for k in range(1, 6)]
+    expected = np.mean([float(psnr(low[k], low[5 + k])) for k in range(5)])
+    assert abs(samples["dark input"]["psnr"] - expected) < 1e-4
+    assert samples["dark input"]["faces"] >= 1
+    # fresh weights darken (i = x + sigmoid(~0) = x + 0.5): far from the bar
+    assert results["lfw-mini gamma 2.2"]["random.pth"]["meets_bar"] is False
