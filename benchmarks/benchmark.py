@@ -1,6 +1,6 @@
 """Speed of Low-FaceNet on this machine, measured in one run: prints a table and writes it as JSON.
 
-    python benchmarks/benchmark.py                                   # CPU: every part (about 25 minutes on 2 cores)
+    python benchmarks/benchmark.py                                   # CPU: every part (about 20 minutes on 2 cores)
     python benchmarks/benchmark.py --quick                           # smoke run: small sizes, one repeat
     python benchmarks/benchmark.py --device cuda --amp --json benchmarks/cuda.json
 

@@ -1,7 +1,7 @@
 """Does a set of enhancement weights measurably help? PSNR/SSIM against the normal-light images, colour shift and
 face counts, next to the dark input itself and CLAHE, on three sets; prints a table and writes it as JSON.
 
-    python benchmarks/demo_quality.py --enhance_checkpoint checkpoint/Low-FaceNet-demo.pth
+    python benchmarks/demo_quality.py --enhance_checkpoint checkpoint/Low-FaceNet.pth checkpoint/LLE/epoch99.pth
 
 Sets: dataset/samples (underexposed/ vs normal/), and the face photos of --faces (default: the project's shared
 test data, lfw-mini) darkened by utils.lowlight: gamma 2.2 with the published noise, and gamma 2.2 times 0.25
@@ -38,7 +38,7 @@ SHARED = Path(os.environ.get("LOWFACENET_REFERENCE", ROOT.parent / "shared" / "r
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--enhance_checkpoint", nargs="+", default=["checkpoint/Low-FaceNet-demo.pth"],
+    p.add_argument("--enhance_checkpoint", nargs="+", default=["checkpoint/Low-FaceNet.pth"],
                    help="one or more enhancement weight files to compare")
     p.add_argument("--samples", default="dataset/samples")
     p.add_argument("--faces", default=str(SHARED / "faces" / "lfw-mini"))
