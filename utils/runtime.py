@@ -29,7 +29,7 @@ def keep_freed_memory():
     """Make glibc keep freed memory for reuse instead of handing it back to the system (Linux only; elsewhere a
     no-op). Activations of 30 MB and more are otherwise mapped afresh and zeroed page by page at every
     allocation, which costs about 10 % of the enhancement network's CPU time. The resident memory then stays at
-    its peak until the process ends; the peak itself does not grow."""
+    its peak until the process ends, and the peak grows a little (a 2048x2048 image in 512 tiles: 1.2 -> 1.5 GiB)."""
     if not sys.platform.startswith("linux"):
         return
     try:
