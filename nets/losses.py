@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.distributed import global_sum, is_distributed
+from utils.distributed import global_sum, world_size
 
 # Published weights of each term in the training objective.
 WEIGHTS = {"contrast_feature": 0.62, "contrast_brightness": 0.22, "perceptual": 1.0, "color": 0.05,
@@ -19,11 +19,6 @@ WEIGHTS = {"contrast_feature": 0.62, "contrast_brightness": 0.22, "perceptual": 
 CONTRAST_TAP_WEIGHTS = (1 / 32, 1 / 16, 1 / 8)  # relu1_2, relu2_2, relu3_3
 SMOOTH_OFFSETS = ((1, 0), (0, 1), (1, 1), (1, -1), (2, 0), (0, 2), (2, 1), (2, -1), (1, 2), (1, -2), (2, 2), (2, -2))
 NUM_CLASSES = 11
-
-
-def world_size():
-    """Number of processes of the run (1 without torchrun)."""
-    return torch.distributed.get_world_size() if is_distributed() else 1
 
 
 def global_mean(x):

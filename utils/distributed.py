@@ -31,6 +31,11 @@ def is_distributed():
     return dist.is_available() and dist.is_initialized()
 
 
+def world_size():
+    """Number of processes of the run (1 without torchrun)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
 def global_sum(x):
     """Sum of a tensor over all ranks, differentiable (the gradient is summed back); x itself when single-process."""
     if not is_distributed():
