@@ -51,18 +51,22 @@ RECEPTIVE_RADIUS = 11  # eleven 3x3 convolutions: an output pixel sees 11 pixels
 @torch.inference_mode()
 def enhance(model, x, tile=None, halo=RECEPTIVE_RADIUS):
     """Enhanced image r of a Bx3xHxW [0,1] batch, computed in channels_last (the faster layout of this network's
-    inference on CPUs and GPUs). With `tile`, images larger than tile x tile go through in tiles that overlap
-    by `halo` (>= the receptive radius), so the result equals the whole-image result while memory stays bounded."""
+    inference on CPUs and GPUs). With `tile`, images larger than tile x tile go through in tiles: each block of
+    tile x tile output pixels is cut from a window `halo` (>= the receptive radius) pixels larger on every side
+    that is not the image's border, so the result equals the whole-image result while memory stays bounded.
+    All windows have the same size (those at the far borders reach further in), so every tile reuses the
+    memory of the one before."""
     assert halo >= RECEPTIVE_RADIUS, f"halo must be at least {RECEPTIVE_RADIUS}"
     x = x.contiguous(memory_format=torch.channels_last)
     h, w = x.shape[-2:]
     if tile is None or (h <= tile and w <= tile):
         return model(x)[0]
     out = torch.empty_like(x)
+    wh, ww = min(h, tile + 2 * halo), min(w, tile + 2 * halo)  # the window
     for y0 in range(0, h, tile):
         for x0 in range(0, w, tile):
             y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-            ty0, tx0 = max(y0 - halo, 0), max(x0 - halo, 0)
-            r = model(x[..., ty0:min(y1 + halo, h), tx0:min(x1 + halo, w)])[0]
+            ty0, tx0 = min(max(y0 - halo, 0), h - wh), min(max(x0 - halo, 0), w - ww)
+            r = model(x[..., ty0:ty0 + wh, tx0:tx0 + ww])[0]
             out[..., y0:y1, x0:x1] = r[..., y0 - ty0:y1 - ty0, x0 - tx0:x1 - tx0]
     return out

@@ -1,5 +1,10 @@
 """The fast paths compute the same thing: tiled inference, one detector and FaceNet call per batch, each image's
 VGG trunk once, nothing built inside the training step. (Speed itself is measured by benchmarks/benchmark.py.)"""
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +18,8 @@ from nets.retinaface import load_retinaface
 from nets.vgg import load_vgg16
 from utils.images import read_image, to_tensor
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def test_tiled_enhancement_equals_the_whole_image_result():
     torch.manual_seed(0)
@@ -25,6 +32,9 @@ def test_tiled_enhancement_equals_the_whole_image_result():
     tiled = enhance(model, x, tile=48, halo=RECEPTIVE_RADIUS)  # 48 divides neither side: uneven edge tiles
     assert tiled.shape == whole.shape
     assert (tiled - whole).abs().max().item() <= 1e-5
+    x = x[..., :55, :]  # taller than a tile, shorter than a window: the window is the image's height
+    with torch.no_grad():
+        assert (enhance(model, x, tile=48) - model(x)[0]).abs().max().item() <= 1e-5
 
 
 def test_enhancement_inference_in_channels_last_equals_the_published_layout():
@@ -99,3 +109,29 @@ def test_training_step_builds_no_module(objective_and_batch, monkeypatch):
     torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
     optimizer.step()
     assert built == []
+
+
+FAULTS_SCRIPT = """
+import resource, sys, torch
+from utils.runtime import keep_freed_memory
+took = keep_freed_memory() if sys.argv[1] == "keep" else None
+faults = []
+for step in range(12):  # as training steps: three 64 MB activations live at once, then freed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    a = torch.ones(16, 1024, 1024); b = a + 1; c = b * 2
+    del a, b, c
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(took, sum(faults[-8:]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="keep_freed_memory tunes glibc's allocator (Linux)")
+def test_keep_freed_memory_reuses_freed_activations_without_fresh_pages():
+    def last_steps_faults(mode):  # page faults of the last eight steps; the heap settles within a few
+        out = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, mode], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+        return out[0], int(out[1])
+    pages = 64 * 2 ** 20 // resource.getpagesize()
+    assert last_steps_faults("default")[1] >= 8 * 3 * pages  # glibc maps large blocks afresh at every allocation
+    took, faults = last_steps_faults("keep")
+    assert took == "True" and faults < 8 * pages  # only where the heap reaches a new high-water mark
