@@ -105,6 +105,31 @@ class Log:
         sys.exit(f"error: {message}")
 
 
+class NonFiniteStep(ArithmeticError):
+    """A loss term or the gradient norm stopped being finite; the weights were not changed."""
+
+
+def train_step(model, objective, optimizer, batch, amp=False):
+    """One step of the published recipe on batch = (low, seg, labels, positives, negatives): forward (bf16 autocast
+    with `amp`), backward, gradient norm clipped to 0.1, Adam. Returns (enhanced, total, terms, face_logits).
+    Raises NonFiniteStep, before the weights change, when a loss term or the gradient norm is NaN or infinite."""
+    low, seg, labels, pos, neg = batch
+    with torch.autocast(low.device.type, dtype=torch.bfloat16, enabled=amp):
+        enhanced, illumination = model(low)
+        total, terms, logits = objective(enhanced, illumination, low, pos, neg, seg, labels)
+    values = {**terms, "total": total.detach()}
+    bad = next((k for k, v in values.items() if not torch.isfinite(v)), None)
+    if bad:
+        raise NonFiniteStep(f"loss term {bad} became {values[bad].item()}")
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+    if not torch.isfinite(grad_norm):
+        raise NonFiniteStep(f"the gradient norm became {grad_norm.item()}")
+    optimizer.step()
+    return enhanced, total, terms, logits
+
+
 def leave_signals_to_main(_):
     """DataLoader workers ignore Ctrl-C and SIGTERM (a scheduler signals every process of a job): the main process
     saves a resume point and then stops them."""
@@ -224,21 +249,11 @@ def train(args, log, stop, rank, world, device):
         sums, tic = {}, time.time()
         for it, (low, seg, labels, pos, neg) in enumerate(loader, start=start_batch):
             low, seg, labels, pos, neg = (t.to(device, non_blocking=True) for t in (low, seg, labels, pos, neg))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
-                enhanced, illumination = model(low)
-                total, terms, logits = objective(enhanced, illumination, low, pos, neg, seg, labels)
-            values = {**terms, "total": total.detach()}
-            bad = next((k for k, v in values.items() if not torch.isfinite(v)), None)
-            if bad:
-                log.fail(f"loss term {bad} became {values[bad].item()} at epoch {epoch} iteration {it + 1}; "
-                         f"stopped before writing these weights ({last_good()})")
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
-            if not torch.isfinite(grad_norm):
-                log.fail(f"the gradient norm became {grad_norm.item()} at epoch {epoch} iteration {it + 1} with "
-                         f"finite loss terms; stopped before writing these weights ({last_good()})")
-            optimizer.step()
+            try:
+                enhanced, total, terms, logits = train_step(model, objective, optimizer, (low, seg, labels, pos, neg),
+                                                            args.amp)
+            except NonFiniteStep as e:
+                log.fail(f"{e} at epoch {epoch} iteration {it + 1}; stopped before writing these weights ({last_good()})")
 
             correct += (logits.argmax(1) == labels).sum().item()
             seen += len(labels)

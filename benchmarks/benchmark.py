@@ -262,16 +262,9 @@ def training_setup(args, device, tmp):
 
 
 def training_step(args, device, model, objective, optimizer, batch):
-    """One step exactly as train.py takes it."""
-    low, seg, labels, pos, neg = batch
-    with autocast(args, device):
-        enhanced, illumination = model(low)
-        total, terms, logits = objective(enhanced, illumination, low, pos, neg, seg, labels)
-    optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
-    optimizer.step()
-    return logits
+    """One step of train.py (its own function, checks of finite values included); the face logits."""
+    from train import train_step
+    return train_step(model, objective, optimizer, batch, args.amp)[3]
 
 
 def training_step_in_parts(args, device, model, objective, optimizer, batch):
