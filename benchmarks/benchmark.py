@@ -8,7 +8,8 @@ Parts
   1 ceiling   one dense 3x3 convolution, 128->128 channels at 384x384, float32 (bf16 with --amp), channels_last
               (the layout the project computes in): the machine's achievable GFLOP/s, the denominator below
   2 enhance   the enhancement network alone (inference, nets.enhance.enhance) at 384x384 and 1024x1024
-  3 test.py   test.main on a folder of 64 JPEGs of 384x384: images/s, and the ratio to part 2's rate
+  3 test.py   test.main on a folder of 64 JPEGs of 384x384: images/s, and the ratio to part 2's rate, which is timed
+              again beside each of the three runs (a shared machine's speed drifts over minutes)
   4 large     a 4096x4096 and a 6000x4000 image through enhance() in test.py's tiles (512, halo 11): time, peak memory
   5 train     one training step (batch 2, 384x384, all losses, as train.py): time, peak memory, a breakdown
               into parts and the roofline efficiency = the step's FLOPs / step time / ceiling
@@ -180,14 +181,19 @@ def enhancement_model(device):
 # parts: each returns a dict of figures
 
 
-def part_ceiling(args, device, tmp):
+def ceiling(args, device, repeat=30):
+    """Part 1: GFLOP/s of one dense 3x3 convolution, 128->128 channels, channels_last, median of `repeat` calls."""
     size = 128 if args.quick else 384
     conv = nn.Conv2d(128, 128, 3, padding=1).to(device, memory_format=torch.channels_last).eval()
     x = torch.rand(1, 128, size, size, device=device).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), autocast(args, device):
-        t = median_seconds(lambda: conv(x), device, max(args.repeat, 30))  # a shared machine drifts: many calls
+        t = median_seconds(lambda: conv(x), device, max(args.repeat, repeat))
     flops = 2 * 128 * 128 * 9 * size * size
     return {"size": size, "seconds": t, "gflop": flops / 1e9, "gflops": flops / t / 1e9}
+
+
+def part_ceiling(args, device, tmp):
+    return ceiling(args, device)
 
 
 def part_enhance(args, device, tmp):
@@ -201,7 +207,8 @@ def part_enhance(args, device, tmp):
         assert counter.forward == flops, (counter.forward, flops)  # the hooks count what the issue states
         with autocast(args, device):
             t = median_seconds(lambda: enhance(model, x), device, args.repeat)
-        out[f"{size}x{size}"] = {"seconds": t, "gflop": flops / 1e9, "gflops": flops / t / 1e9}
+        out[f"{size}x{size}"] = {"seconds": t, "gflop": flops / 1e9, "gflops": flops / t / 1e9,
+                                 "ceiling_beside": ceiling(args, device, 9)["gflops"]}
     return out
 
 
@@ -211,18 +218,24 @@ def part_test_py(args, device, tmp):
     rng = np.random.default_rng(0)
     for i in range(count):
         write_image(random_image(rng, size, size), os.path.join(tmp, "in", f"img_{i:03d}.jpg"))
+    model = enhancement_model(device)
     checkpoint = os.path.join(tmp, "enhance.pth")
-    torch.save(enhancement_model("cpu").state_dict(), checkpoint)
-    runs = []
+    torch.save(model.state_dict(), checkpoint)
+    x = torch.rand(1, 3, size, size, device=device)
+    runs, ratios = [], []
     for run in range(1 if args.quick else 3):
         argv = ["--underexposed_path", os.path.join(tmp, "in"), "--enhanced_path", os.path.join(tmp, f"out{run}"),
                 "--enhance_checkpoint", checkpoint, "--device", str(device)] + (["--amp"] if args.amp else [])
         with quiet():
             code, t = timed(lambda: test_script.main(argv), device)
         assert code == 0 and len(list_images(os.path.join(tmp, f"out{run}"))[0]) == count
+        with autocast(args, device):  # part 2 again, beside each run: a shared machine's speed drifts in minutes
+            alone = median_seconds(lambda: enhance(model, x), device, max(args.repeat, 9))
         runs.append(t)
+        ratios.append(count / t * alone)
     t = statistics.median(runs)
-    return {"images": count, "size": f"{size}x{size}", "seconds": t, "images_per_s": count / t}
+    return {"images": count, "size": f"{size}x{size}", "seconds": t, "images_per_s": count / t,
+            "of_network_alone": statistics.median(ratios)}
 
 
 def part_large(args, device, tmp, h, w):
@@ -237,7 +250,8 @@ def part_large(args, device, tmp, h, w):
             return to_uint8(enhance(model, to_tensor(image)[None].to(device), tile=tile)[0].float())
     t = timed(run, device)[1]
     flops = 2 * ENHANCE_MACS_PER_PIXEL * h * w
-    return {"size": f"{w}x{h}", "tile": tile, "seconds": t, "gflop": flops / 1e9, "gflops": flops / t / 1e9}
+    return {"size": f"{w}x{h}", "tile": tile, "seconds": t, "gflop": flops / 1e9, "gflops": flops / t / 1e9,
+            "ceiling_beside": ceiling(args, device, 9)["gflops"]}
 
 
 def training_setup(args, device, tmp):
@@ -319,14 +333,17 @@ def part_train(args, device, tmp):
         step()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = [timed(step, device)[1] for _ in range(args.repeat)]
+    times, beside = [], []
+    for _ in range(args.repeat):
+        times.append(timed(step, device)[1])
+        beside.append(ceiling(args, device, 3)["gflops"])
     parts = training_step_in_parts(args, device, model, objective, optimizer, batch)
     t = statistics.median(times)
     return {"batch": 2, "size": tuple(batch[0].shape[-2:]), "seconds": t, "seconds_all": times,
             "gflop_forward": counter.forward / 1e9, "gflop_backward": counter.backward / 1e9,
             "gflop": (counter.forward + counter.backward) / 1e9,
             "gflops": (counter.forward + counter.backward) / t / 1e9, "faces_found": int((logits != 0).any(1).sum()),
-            "parts": parts, "weights": note}
+            "parts": parts, "weights": note, "ceiling_beside": statistics.median(beside)}
 
 
 def part_eval_py(args, device, tmp):
@@ -417,8 +434,10 @@ def machine(device):
 def table(results):
     """Rows (part, figure, value, note) of the results with their derived ratios (added to `results` too)."""
     rows = []
-    ceiling = results.get("ceiling", {}).get("gflops")
-    share = lambda gflops: f"{gflops / ceiling:.2f} of the ceiling" if ceiling else ""
+    def of_ceiling(r):  # against the ceiling timed beside the part (a shared machine drifts), else part 1's
+        top = r.get("ceiling_beside") or results.get("ceiling", {}).get("gflops")
+        return r["gflops"] / top if top else None
+    share = lambda ratio: f"{ratio:.2f} of the ceiling timed beside" if ratio else ""
     for name, r in results.items():
         if "error" in r:
             rows.append((name, "error", r["error"][:100], ""))
@@ -430,25 +449,22 @@ def table(results):
         elif name == "enhance":
             for size, s in r.items():
                 if isinstance(s, dict):
-                    s["of_ceiling"] = s["gflops"] / ceiling if ceiling else None
+                    s["of_ceiling"] = of_ceiling(s)
                     rows.append((name, f"network alone, {size}", f"{s['seconds']:.3f} s", f"{s['gflops']:.1f} GFLOP/s, "
-                                 + share(s["gflops"])))
+                                 + share(s["of_ceiling"])))
         elif name == "test_py":
             line = f"{r['images']} JPEGs of {r['size']}, {r['seconds']:.1f} s; {memory}"
-            alone = results.get("enhance", {}).get(r["size"])
-            if alone:
-                r["of_network_alone"] = r["images_per_s"] * alone["seconds"]
-                line = f"{r['of_network_alone']:.2f} of the network alone; " + line
+            line = f"{r['of_network_alone']:.2f} of the network alone (timed beside each run); " + line
             rows.append((name, "test.main end to end", f"{r['images_per_s']:.2f} images/s", line))
         elif name.startswith("large"):
-            r["of_ceiling"] = r["gflops"] / ceiling if ceiling else None
+            r["of_ceiling"] = of_ceiling(r)
             rows.append((name, f"{r['size']}, tiles of {r['tile']}", f"{r['seconds']:.1f} s",
-                         f"{memory}; {r['gflops']:.1f} GFLOP/s, {share(r['gflops'])}"))
+                         f"{memory}; {r['gflops']:.1f} GFLOP/s, {share(r['of_ceiling'])}"))
         elif name == "train":
-            r["efficiency"] = r["gflops"] / ceiling if ceiling else None
+            r["efficiency"] = of_ceiling(r)
             rows.append((name, f"step, batch 2, {r['size'][0]}x{r['size'][1]}", f"{r['seconds']:.2f} s",
                          f"{r['gflop'] / 1e3:.3f} TFLOP ({r['gflop_forward'] / 1e3:.3f} forward), {r['gflops']:.1f} "
-                         f"GFLOP/s, efficiency {share(r['gflops'])}; {memory}; faces found {r['faces_found']}/2"))
+                         f"GFLOP/s, efficiency {share(r['efficiency'])}; {memory}; faces found {r['faces_found']}/2"))
             for part, t in r["parts"].items():
                 rows.append(("", f"  {part}", f"{t:.3f} s", ""))
             parts_sum = sum(t for k, t in r["parts"].items() if not k.startswith("of "))
