@@ -434,10 +434,10 @@ def machine(device):
 def table(results):
     """Rows (part, figure, value, note) of the results with their derived ratios (added to `results` too)."""
     rows = []
-    def of_ceiling(r):  # against the ceiling timed beside the part (a shared machine drifts), else part 1's
-        top = r.get("ceiling_beside") or results.get("ceiling", {}).get("gflops")
+    def of_ceiling(r):  # against the higher of part 1's ceiling and the one timed beside the part: never inflated
+        top = max(r.get("ceiling_beside", 0), results.get("ceiling", {}).get("gflops", 0))
         return r["gflops"] / top if top else None
-    share = lambda ratio: f"{ratio:.2f} of the ceiling timed beside" if ratio else ""
+    share = lambda ratio: f"{ratio:.2f} of the ceiling" if ratio else ""
     for name, r in results.items():
         if "error" in r:
             rows.append((name, "error", r["error"][:100], ""))
