@@ -28,7 +28,7 @@ def seed_everything(seed):
 def keep_freed_memory():
     """Make glibc keep freed memory for reuse instead of handing it back to the system (Linux only; elsewhere a
     no-op). Activations of 30 MB and more are otherwise mapped afresh and zeroed page by page at every
-    allocation: in a training step, about 2 GB of fresh pages (~10 % of its time on a CPU). The resident memory
+    allocation: in a training step, about 2 GB of fresh pages (10-20 % of its time on a CPU). The resident memory
     then stays at its peak until the process ends. Returns whether the allocator took the settings."""
     if not sys.platform.startswith("linux"):
         return False
