@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 import nets
-from nets.enhance import EnhanceNet, init_weights
+from nets.enhance import EnhanceNet, init_weights, training_layout
 from nets.face_recognition import FaceRecognitionLoss
 from nets.facenet import load_facenet
 from nets.losses import LowFaceNetObjective
@@ -78,6 +78,9 @@ def parse_args(argv=None):
     p.add_argument("--max_iters", type=int, default=None, help="stop after this many iterations in all (tests, trials)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA; also accepted on the CPU); the "
                    "ratio losses, the smoothness weights and the cosine similarities stay in float32")
+    p.add_argument("--memory_format", default="auto", choices=["auto", "channels_last", "contiguous"],
+                   help="layout of the enhancement network in training; auto: the faster one on this device, timed "
+                   "at the start (contiguous, the published one, with --deterministic); results do not depend on it")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels only (bit-reproducible runs "
                    "and resumes on one device; slower on CUDA)")
     return p.parse_args(argv)
@@ -219,18 +222,27 @@ def train(args, log, stop, rank, world, device):
         except (KeyError, RuntimeError) as e:
             log.fail(f"{path}: cannot resume ({type(e).__name__}: {str(e).splitlines()[0]})")
         log(f"resumed from {path} at epoch {epoch}, iteration {start_batch}")
+    layout = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}.get(args.memory_format)
+    if layout is None:  # every rank must hold the same layout: channels_last if any rank timed it faster
+        timed_faster = not args.deterministic and training_layout(device, args.amp) == torch.channels_last
+        layout = torch.channels_last if distributed.any_rank(timed_faster) else torch.contiguous_format
+    model.to(memory_format=layout)
     processes = f" per process x {world} processes" if world > 1 else ""
     log(f"training on {device}: {len(train_set)} images, {len(names)} identities, batch {args.batch_size}{processes}, "
-        f"{iters_per_epoch} iterations per epoch, epochs {epoch}..{args.epoch_num - 1}")
+        f"{iters_per_epoch} iterations per epoch, epochs {epoch}..{args.epoch_num - 1}, "
+        f"{str(layout).removeprefix('torch.')}")
 
     net = model  # the bare network, whose state dict the checkpoints hold
     if world > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    def weights():  # NCHW tensors, as the published checkpoints hold, whatever the training layout
+        return {k: v.contiguous() for k, v in net.state_dict().items()}
+
     def save_resume(epoch, batch):
         if not main_process:
             return
-        atomic_save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "batch": batch,
+        atomic_save({"model": weights(), "optimizer": optimizer.state_dict(), "epoch": epoch, "batch": batch,
                      "images": len(train_set), "world": world, "rng": rng_state(), "args": vars(args)}, resume_path)
 
     def last_good():
@@ -276,7 +288,7 @@ def train(args, log, stop, rank, world, device):
                 log(f"stopped at epoch {epoch} iteration {it + 1}; continue with --resume ({resume_path})")
                 return
         if main_process:
-            atomic_save(net.state_dict(), os.path.join(args.checkpoint_root, f"epoch{epoch}.pth"))
+            atomic_save(weights(), os.path.join(args.checkpoint_root, f"epoch{epoch}.pth"))
         epoch, start_batch = epoch + 1, 0
         save_resume(epoch, 0)
         log(f"epoch {epoch - 1} done: wrote {os.path.join(args.checkpoint_root, f'epoch{epoch - 1}.pth')}")

@@ -51,14 +51,14 @@ import torch.nn as nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nets.enhance import EnhanceNet, enhance, init_weights  # noqa: E402
+from nets.enhance import EnhanceNet, enhance, init_weights, training_layout  # noqa: E402
 from nets.face_recognition import FaceRecognitionLoss  # noqa: E402
 from nets.facenet import load_facenet  # noqa: E402
 from nets.losses import LowFaceNetObjective, seg_brightness_loss  # noqa: E402
 from nets.retinaface import load_retinaface  # noqa: E402
 from nets.vgg import load_vgg16, vgg16_trunk  # noqa: E402
 from utils.images import list_images, read_image, to_tensor, to_uint8, write_image  # noqa: E402
-from utils.runtime import keep_freed_memory, resolve_device  # noqa: E402
+from utils.runtime import keep_freed_memory, median_seconds, resolve_device, timed  # noqa: E402
 
 SHARED = Path(os.environ.get("LOWFACENET_REFERENCE", ROOT.parent / "shared" / "reference")).parent
 ENHANCE_MACS_PER_PIXEL = 458_928
@@ -108,26 +108,6 @@ class FlopCounter:
         self.forward += 2 * macs
         if output.requires_grad:
             self.backward += 2 * macs * (2 if module.weight.requires_grad else 1)
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device):
-    """(fn(), wall seconds of the call), the device's queue drained before and after."""
-    sync(device)
-    start = time.perf_counter()
-    result = fn()
-    sync(device)
-    return result, time.perf_counter() - start
-
-
-def median_seconds(fn, device, repeat):
-    """Median wall time of `repeat` calls of fn after one warm-up call."""
-    fn()
-    return statistics.median(timed(fn, device)[1] for _ in range(repeat))
 
 
 def autocast(args, device):
@@ -263,7 +243,7 @@ def training_setup(args, device, tmp):
     face_loss = FaceRecognitionLoss(load_retinaface(retinaface, device), load_facenet(facenet_path, device=device),
                                     database)
     objective = LowFaceNetObjective(vgg, face_loss).to(device)
-    model = init_weights(EnhanceNet()).to(device).train()
+    model = init_weights(EnhanceNet()).to(device, memory_format=training_layout(device, args.amp)).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-4)
     photos = face_photos(args)
     images = torch.stack([to_tensor(read_image(str(p))) for p in photos[:6]])
@@ -339,7 +319,8 @@ def part_train(args, device, tmp):
         beside.append(ceiling(args, device, 3)["gflops"])
     parts = training_step_in_parts(args, device, model, objective, optimizer, batch)
     t = statistics.median(times)
-    return {"batch": 2, "size": tuple(batch[0].shape[-2:]), "seconds": t, "seconds_all": times,
+    layout = "channels_last" if model.e_conv2.weight.is_contiguous(memory_format=torch.channels_last) else "NCHW"
+    return {"batch": 2, "size": tuple(batch[0].shape[-2:]), "layout": layout, "seconds": t, "seconds_all": times,
             "gflop_forward": counter.forward / 1e9, "gflop_backward": counter.backward / 1e9,
             "gflop": (counter.forward + counter.backward) / 1e9,
             "gflops": (counter.forward + counter.backward) / t / 1e9, "faces_found": int((logits != 0).any(1).sum()),
@@ -462,7 +443,7 @@ def table(results):
                          f"{memory}; {r['gflops']:.1f} GFLOP/s, {share(r['of_ceiling'])}"))
         elif name == "train":
             r["efficiency"] = of_ceiling(r)
-            rows.append((name, f"step, batch 2, {r['size'][0]}x{r['size'][1]}", f"{r['seconds']:.2f} s",
+            rows.append((name, f"step, batch 2, {r['size'][0]}x{r['size'][1]}, {r['layout']}", f"{r['seconds']:.2f} s",
                          f"{r['gflop'] / 1e3:.3f} TFLOP ({r['gflop_forward'] / 1e3:.3f} forward), {r['gflops']:.1f} "
                          f"GFLOP/s, efficiency {share(r['efficiency'])}; {memory}; faces found {r['faces_found']}/2"))
             for part, t in r["parts"].items():
@@ -488,7 +469,7 @@ def main(argv=None):
     widths = [max(len(str(row[k])) for row in rows) for k in range(3)]
     print(f"\nLow-FaceNet benchmark on {device} ({machine(device)})" + (" -- quick: not meaningful" if args.quick else ""))
     print(f"flags: amp={args.amp} (inference, VGG and the detector compute in channels_last; the enhancement network "
-          "trains in NCHW, whose weight gradient is the faster one on CPUs)")
+          "trains in the layout timed faster at the start, as train.py does)")
     for row in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[3])
     notes = sorted({r["weights"] for r in results.values() if r.get("weights")})

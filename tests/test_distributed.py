@@ -16,12 +16,13 @@ def _run(cmd, cwd):
 
 
 def test_two_ranks_step_like_one_process_with_the_whole_batch(train_args, tmp_path):
+    layout = ("--memory_format", "channels_last")  # DDP checks that every rank's parameters have the same strides
     single = _run([sys.executable, os.path.join(ROOT, "train.py"),
-                   *train_args("--batch_size", "2", "--max_iters", "1", ckpt="single")], tmp_path)
+                   *train_args("--batch_size", "2", "--max_iters", "1", *layout, ckpt="single")], tmp_path)
     (tmp_path / "log/train.txt").unlink()
     ranks = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                  os.path.join(ROOT, "train.py"), *train_args("--batch_size", "1", "--max_iters", "1", ckpt="ddp")],
-                 tmp_path)
+                  os.path.join(ROOT, "train.py"),
+                  *train_args("--batch_size", "1", "--max_iters", "1", *layout, ckpt="ddp")], tmp_path)
     one = torch.load(tmp_path / "single/resume.pth", weights_only=True)
     two = torch.load(tmp_path / "ddp/resume.pth", weights_only=True)
     assert (two["epoch"], two["batch"]) == (0, 1)

@@ -21,13 +21,14 @@ from utils.images import read_image, to_tensor, to_uint8, write_image
 
 
 def test_one_epoch_writes_loadable_checkpoints_and_readable_log(train_args, tmp_path):
-    train.main(train_args("--epoch_num", "1", "--log_every", "1"))
+    train.main(train_args("--epoch_num", "1", "--log_every", "1", "--memory_format", "auto"))
     model = nets.load("enhance", tmp_path / "ckpt/epoch0.pth")  # a bare state dict, as test.py loads it
     assert isinstance(model, EnhanceNet)
     resume = torch.load(tmp_path / "ckpt/resume.pth", weights_only=True)
     assert (resume["epoch"], resume["batch"]) == (1, 0)
     assert set(resume) >= {"model", "optimizer", "epoch", "batch", "rng"}
     log = (tmp_path / "log/train.txt").read_text().splitlines()
+    assert log[0].startswith("training on cpu: 6 images") and log[0].endswith(("contiguous_format", "channels_last"))
     steps = [line for line in log if line.startswith("epoch 0 iter")]
     assert len(steps) == 3  # 6 images, batch 2, a line per iteration
     for name in ["loss", "face_acc", "brightness", *WEIGHTS]:
@@ -38,12 +39,14 @@ def test_one_epoch_writes_loadable_checkpoints_and_readable_log(train_args, tmp_
 
 
 def test_resume_gives_the_same_next_step(train_args, tmp_path):
-    train.main(train_args("--max_iters", "2", ckpt="straight"))
-    train.main(train_args("--max_iters", "1", ckpt="stopped"))
-    train.main(train_args("--max_iters", "1", "--resume", ckpt="stopped"))
+    layout = ("--memory_format", "channels_last")
+    train.main(train_args("--max_iters", "2", *layout, ckpt="straight"))
+    train.main(train_args("--max_iters", "1", *layout, ckpt="stopped"))
+    train.main(train_args("--max_iters", "1", "--resume", *layout, ckpt="stopped"))
     straight = torch.load(tmp_path / "straight/resume.pth", weights_only=True)
     resumed = torch.load(tmp_path / "stopped/resume.pth", weights_only=True)
     assert (resumed["epoch"], resumed["batch"]) == (straight["epoch"], straight["batch"]) == (0, 2)
+    assert all(v.is_contiguous() for v in straight["model"].values())  # NCHW on disk, as published
     for k, v in straight["model"].items():
         torch.testing.assert_close(resumed["model"][k], v, rtol=0, atol=1e-6, msg=k)
 

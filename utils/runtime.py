@@ -1,7 +1,9 @@
-"""Run-time set-up shared by the scripts: device choice, seeding and the memory allocator."""
+"""Run-time set-up shared by the scripts: device choice, seeding, timing and the memory allocator."""
 import ctypes
 import random
+import statistics
 import sys
+import time
 
 import numpy as np
 import torch
@@ -23,6 +25,27 @@ def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def synchronize(device):
+    """Wait for the device's queued work (CUDA); a no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device):
+    """(fn(), wall seconds of the call), the device's queue drained before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    synchronize(device)
+    return result, time.perf_counter() - start
+
+
+def median_seconds(fn, device, repeat):
+    """Median wall time of `repeat` calls of fn after one warm-up call."""
+    fn()
+    return statistics.median(timed(fn, device)[1] for _ in range(repeat))
 
 
 def keep_freed_memory():
