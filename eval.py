@@ -15,12 +15,12 @@ as one line to --log_path. Files that are not images are passed over with a line
 read or compared gets a line and is left out of the means. Exit status 1 when an image could not be read or compared.
 """
 import argparse
+import math
 import os
 import sys
 from datetime import datetime
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from nets.face_recognition import cosine_logits, encode_faces
@@ -28,6 +28,7 @@ from nets.facenet import load_facenet
 from nets.retinaface import load_retinaface
 from nets.unique import load_unique, unique_score
 from utils.checkpoint import CheckpointError
+from utils.data import read_ahead
 from utils.face_database import identity_of, load_encodings
 from utils.images import ImageReadError, list_images, read_image, to_tensor
 from utils.metrics import Average, psnr, ssim
@@ -51,14 +52,14 @@ def parse_args(argv=None):
     p.add_argument("--encoding_root", default="encoding", help="cached database encodings")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--batch_size", type=int, default=16, help="images per detector/FaceNet forward")
-    p.add_argument("--num_workers", type=int, default=2, help="image decoding processes")
+    p.add_argument("--num_workers", type=int, default=2, help="image decoding threads (FID: its loader's processes)")
     p.add_argument("--compat", action="store_true", help="count an image without a face as identity 0 (published rule)")
     p.add_argument("--lpips", action="store_true", help="also LPIPS (AlexNet) against normal/, needs the lpips package")
     p.add_argument("--fid", action="store_true", help="also FID of the two folders, needs the pytorch_fid package")
     return p.parse_args(argv)
 
 
-class Pairs(Dataset):
+class Pairs:
     """(relative path, image, reference) per file of root: HxWx3 uint8 arrays (as_tensor: 3xHxW in [0,1]) or
     the error message; the reference is the image of reference_dir with the same relative path, else the same
     folder and stem, and None when no reference_dir is given."""
@@ -112,10 +113,9 @@ def evaluate_recognition(args, files, images_dir, normal_dir, device, failed):
     except (CheckpointError, ValueError) as e:
         sys.exit(f"error: {e}")
 
-    loader = DataLoader(Pairs(images_dir, files), batch_size=args.batch_size, num_workers=args.num_workers,
-                        collate_fn=list)
+    loader = read_ahead(Pairs(images_dir, files), args.batch_size, args.num_workers)
     correct, no_face, total = 0, 0, 0
-    for batch in tqdm(loader, unit="batch", desc=args.dataset_name):
+    for batch in tqdm(loader, total=math.ceil(len(files) / args.batch_size), unit="batch", desc=args.dataset_name):
         good = [(rel, image) for rel, image, _ in batch if not record_failure(failed, image)]
         with torch.no_grad():
             codes, kept = encode_faces([image for _, image in good], detector, facenet, device, args.batch_size)
@@ -169,11 +169,11 @@ def evaluate_iqa(args, files, images_dir, normal_dir, device, failed):
               "github.com/zwx8981/UNIQUE, saved as unique.pt)")
     lpips_net = lpips_model(device) if args.lpips and has_reference else None
 
-    loader = DataLoader(Pairs(images_dir, files, normal_dir if has_reference else None, as_tensor=True),
-                        batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=list)
+    loader = read_ahead(Pairs(images_dir, files, normal_dir if has_reference else None, as_tensor=True),
+                        args.batch_size, args.num_workers)
     metrics = {name: Average() for name in ("psnr", "ssim", "unique", "lpips")}
     scored = 0
-    for batch in tqdm(loader, unit="batch", desc=args.dataset_name):
+    for batch in tqdm(loader, total=math.ceil(len(files) / args.batch_size), unit="batch", desc=args.dataset_name):
         for rel, image, ref in batch:
             if isinstance(image, torch.Tensor) and isinstance(ref, torch.Tensor) and ref.shape != image.shape:
                 ref = (f"{os.path.join(images_dir, rel)}: size {tuple(image.shape[1:])} differs from "

@@ -16,12 +16,12 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import nets
 from nets.enhance import enhance
 from utils.checkpoint import CheckpointError
+from utils.data import read_ahead
 from utils.images import ImageReadError, list_images, read_image, side_by_side, to_tensor, to_uint8, write_image
 from utils.runtime import keep_freed_memory, resolve_device
 
@@ -34,7 +34,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--batch_size", type=int, default=1, help="images of equal size enhanced together (1, as "
                    "published, is the fastest on CPUs; 4-16 on GPUs)")
-    p.add_argument("--num_workers", type=int, default=2, help="image decoding processes")
+    p.add_argument("--num_workers", type=int, default=2, help="image decoding threads")
     p.add_argument("--tile", type=int, default=512, help="images larger than tile x tile go through in tiles "
                    "(bounded memory: about 1.5 GiB at 512 on a CPU; the result does not depend on it)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -44,7 +44,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-class ImageFiles(Dataset):
+class ImageFiles:
     """(relative path, 3xHxW tensor or an error message) for each file."""
 
     def __init__(self, root, files):
@@ -91,8 +91,7 @@ def main(argv=None):
     print(f"enhancing {len(todo)} images from {args.underexposed_path} into {args.enhanced_path} on {device}"
           + (f" ({existing} already there, kept; --overwrite replaces them)" if existing else ""))
 
-    loader = DataLoader(ImageFiles(args.underexposed_path, todo), batch_size=args.batch_size,
-                        num_workers=args.num_workers, collate_fn=list)
+    loader = read_ahead(ImageFiles(args.underexposed_path, todo), args.batch_size, args.num_workers)
     failed, pending = [], []
 
     def finish(job_count):  # collect the oldest writes (bounding memory) and record write errors

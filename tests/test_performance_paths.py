@@ -3,6 +3,7 @@ VGG trunk once, nothing built inside the training step. (Speed itself is measure
 import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from nets.facenet import load_facenet
 from nets.losses import LowFaceNetObjective
 from nets.retinaface import load_retinaface
 from nets.vgg import load_vgg16
+from utils.data import read_ahead
 from utils.images import read_image, to_tensor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,6 +145,32 @@ def test_training_layout_picks_the_layout_that_steps_faster(monkeypatch, slow):
     monkeypatch.setattr(EnhanceNet, "forward", slowed)
     fast = torch.contiguous_format if slow == torch.channels_last else torch.channels_last
     assert training_layout(torch.device("cpu"), size=16) == fast
+
+
+class Reads:
+    """Items 0..n-1 that record which were read, and by which thread."""
+
+    def __init__(self, n):
+        self.n, self.read, self.threads = n, [], set()
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        self.read.append(i)
+        self.threads.add(threading.get_ident())
+        return i
+
+
+@pytest.mark.parametrize("workers", [0, 1, 3])
+def test_read_ahead_gives_the_batches_in_order_reading_a_bounded_number_ahead(workers):
+    items = Reads(23)
+    batches = read_ahead(items, 4, workers)
+    assert next(batches) == [0, 1, 2, 3]
+    assert len(items.read) <= 4 * (2 * workers + 1)  # the batches handed out or queued, no more
+    assert list(batches) == [[4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15], [16, 17, 18, 19], [20, 21, 22]]
+    assert sorted(items.read) == list(range(23))
+    assert (threading.get_ident() in items.threads) == (workers == 0)  # read in the caller's thread only with 0
 
 
 FAULTS_SCRIPT = """
