@@ -37,6 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--num_workers", type=int, default=2, help="image decoding threads")
     p.add_argument("--tile", type=int, default=512, help="images larger than tile x tile go through in tiles "
                    "(bounded memory: about 1.5 GiB at 512 on a CPU; the result does not depend on it)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (for GPUs; pixels differ from float32 by a "
+                   "few levels of 255)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--comparison_path", default=None, help="also write input | enhanced | normal pictures (PNG) here")
     p.add_argument("--normal_path", default=None, help="normal-light images for the pictures (default: the "
@@ -125,7 +127,8 @@ def main(argv=None):
                 else:
                     by_size.setdefault(tuple(x.shape), []).append((rel, x))
             for group in by_size.values():
-                r = enhance(model, torch.stack([x for _, x in group]).to(device), tile=args.tile)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+                    r = enhance(model, torch.stack([x for _, x in group]).to(device), tile=args.tile).float()
                 for (rel, x), img in zip(group, r):
                     pending.append((rel, writer.submit(save, rel, x, to_uint8(img))))
             finish(max(0, len(pending) - 4 * args.batch_size))

@@ -373,7 +373,7 @@ def run_part(name, args):
     with tempfile.TemporaryDirectory() as tmp:
         try:
             result = function(args, device, tmp, *extra)
-        except Exception as e:  # reported in the table, the other parts go on
+        except (Exception, SystemExit) as e:  # reported in the table, the other parts go on
             result = {"error": f"{type(e).__name__}: {e}"}
     machine_end, own_end = cpu_seconds()
     others = (machine_end - machine_start) - (own_end - own_start)

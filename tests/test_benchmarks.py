@@ -33,6 +33,14 @@ def test_speed_benchmark_quick_run_writes_its_table(tmp_path, capsys):
     assert "of the ceiling" in capsys.readouterr().out
 
 
+def test_speed_benchmark_passes_amp_on_to_test_py(tmp_path):
+    out = tmp_path / "amp.json"
+    benchmark.main(["--quick", "--amp", "--parts", "test_py", "--json", str(out)])
+    results = json.loads(out.read_text())["results"]["test_py"]
+    assert "error" not in results, results["error"]
+    assert results["images"] == 8 and results["images_per_s"] > 0
+
+
 def test_demo_bar():
     dark = {"psnr": 10.0, "ssim": 0.5, "da": 1.0, "db": 1.0, "faces": 3}
     clahe = {"psnr": 12.0, "ssim": 0.6, "da": 1.0, "db": 1.0, "faces": 3}
