@@ -20,7 +20,7 @@ def read_ahead(items, batch_size, workers):
     """Lists of batch_size consecutive items[i] (the last one shorter), in order, read by `workers` threads up to
     2 x workers batches ahead of the caller (0: each read when asked). Threads rather than DataLoader's worker
     processes: image decoding runs outside the GIL, and no process starts (where processes are spawned, as on
-    macOS and Windows, each would import torch again; forked ones cost about 2 % of test.py's time on a 2-core CPU)."""
+    macOS and Windows, each would import torch again; forked ones cost about 2 % of test.py's time on 2 cores)."""
     def read(start):
         return [items[i] for i in range(start, min(start + batch_size, len(items)))]
     starts = range(0, len(items), batch_size)
