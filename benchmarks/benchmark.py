@@ -25,8 +25,8 @@ Memory: every part runs in a process of its own, whose peak resident set (ru_max
 0.35 GiB of it) is that part's; on CUDA also torch.cuda.max_memory_allocated.
 Weights: speed does not depend on their values. The enhancement network and VGG16 are randomly initialised.
 RetinaFace and FaceNet come from --retinaface_checkpoint / --facenet_checkpoint or, where those files are
-absent, from the project's shared test data (stand-ins: the published detector in shared/weights and FaceNet
-weights from shared/reference/parity_face.pt), so that real faces are found and the face loss really runs.
+absent, stand-ins: the published detector the tests carry (tests/weights/) and a seeded random FaceNet, so that
+real faces are found and the face loss really runs. Face photos: --faces, or utils.face_photos' synthetic ones.
 """
 import argparse
 import contextlib
@@ -53,14 +53,15 @@ sys.path.insert(0, str(ROOT))
 
 from nets.enhance import EnhanceNet, enhance, init_weights, training_layout  # noqa: E402
 from nets.face_recognition import FaceRecognitionLoss  # noqa: E402
-from nets.facenet import load_facenet  # noqa: E402
+from nets.facenet import FaceNet, load_facenet  # noqa: E402
 from nets.losses import LowFaceNetObjective, seg_brightness_loss  # noqa: E402
 from nets.retinaface import load_retinaface  # noqa: E402
 from nets.vgg import load_vgg16, vgg16_trunk  # noqa: E402
+from utils.face_photos import make_face_photos  # noqa: E402
 from utils.images import list_images, read_image, to_tensor, to_uint8, write_image  # noqa: E402
 from utils.runtime import keep_freed_memory, median_seconds, resolve_device, timed  # noqa: E402
 
-SHARED = Path(os.environ.get("LOWFACENET_REFERENCE", ROOT.parent / "shared" / "reference")).parent
+TEST_RETINAFACE = ROOT / "tests" / "weights" / "Retinaface_mobilenet0.25.pth"  # the published detector
 ENHANCE_MACS_PER_PIXEL = 458_928
 
 
@@ -76,8 +77,8 @@ def parse_args(argv=None):
     p.add_argument("--retinaface_checkpoint", default="checkpoint/Retinaface_mobilenet0.25.pth")
     p.add_argument("--facenet_checkpoint", default="checkpoint/facenet_mobilenet.pth")
     p.add_argument("--vgg_checkpoint", default=None, help="a local VGG16 file (default: random weights)")
-    p.add_argument("--faces", default=str(SHARED / "faces" / "lfw-mini"),
-                   help="face photos in LFW layout (NAME/NAME_NNNN.jpg) for the training batch and eval.py")
+    p.add_argument("--faces", default=None, help="face photos in LFW layout (NAME/NAME_NNNN.jpg) for the training "
+                   "batch and eval.py (default: utils.face_photos' synthetic photos)")
     args = p.parse_args(argv)
     if args.quick:
         args.repeat = 1
@@ -134,23 +135,23 @@ def random_image(rng, h, w):
     return (np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
-def face_photos(args):
-    return sorted(Path(args.faces).rglob("*.jpg"))
+def face_photos(args, tmp):
+    return sorted(Path(args.faces or make_face_photos(os.path.join(tmp, "faces"))).rglob("*.jpg"))
 
 
 def face_weights(args, tmp):
-    """(RetinaFace path, FaceNet path, note): the given checkpoints, or the shared stand-ins."""
+    """(RetinaFace path, FaceNet path, note): the given checkpoints, or the stand-ins."""
     note = []
     retinaface = args.retinaface_checkpoint
     if not os.path.isfile(retinaface):
-        retinaface = str(SHARED / "weights" / "Retinaface_mobilenet0.25.pth")
+        retinaface = str(TEST_RETINAFACE)
         note.append(f"RetinaFace: stand-in {retinaface}")
     facenet = args.facenet_checkpoint
     if not os.path.isfile(facenet):
         facenet = os.path.join(tmp, "facenet_mobilenet.pth")
-        reference = SHARED / "reference" / "parity_face.pt"
-        torch.save(torch.load(reference, map_location="cpu", weights_only=True)["facenet_weights"], facenet)
-        note.append(f"FaceNet: stand-in weights of {reference}")
+        torch.manual_seed(0)
+        torch.save(FaceNet("mobilenet").state_dict(), facenet)
+        note.append("FaceNet: stand-in random weights (seed 0)")
     return retinaface, facenet, "; ".join(note)
 
 
@@ -245,7 +246,7 @@ def training_setup(args, device, tmp):
     objective = LowFaceNetObjective(vgg, face_loss).to(device)
     model = init_weights(EnhanceNet()).to(device, memory_format=training_layout(device, args.amp)).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-4)
-    photos = face_photos(args)
+    photos = face_photos(args, tmp)
     images = torch.stack([to_tensor(read_image(str(p))) for p in photos[:6]])
     images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
     low, pos, neg = images[0:2] * 0.35, images[2:4], images[4:6] * 0.35
@@ -333,8 +334,8 @@ def part_eval_py(args, device, tmp):
     count = 32 if args.quick else 256
     retinaface, facenet_path, note = face_weights(args, tmp)
     data = Path(tmp) / "dataset" / "LFW"
-    photos = face_photos(args)
-    for p in photos:  # the database: every photo of lfw-mini, LFW layout
+    photos = face_photos(args, tmp)
+    for p in photos:  # the database: every face photo, LFW layout
         write_image(read_image(str(p)), str(data / "normal" / p.parent.name / p.name))
     for k in range(count):  # the images to identify: the photos again and again, under new names
         p = photos[k % len(photos)]

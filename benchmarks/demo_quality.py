@@ -3,8 +3,8 @@ face counts, next to the dark input itself and CLAHE, on three sets; prints a ta
 
     python benchmarks/demo_quality.py --enhance_checkpoint checkpoint/Low-FaceNet.pth checkpoint/LLE/epoch99.pth
 
-Sets: dataset/samples (underexposed/ vs normal/), and the face photos of --faces (default: the project's shared
-test data, lfw-mini) darkened by utils.lowlight: gamma 2.2 with the published noise, and gamma 2.2 times 0.25
+Sets: dataset/samples (underexposed/ vs normal/), and the face photos of --faces (default: utils.face_photos'
+synthetic photos, made in a temporary folder) darkened by utils.lowlight: gamma 2.2 with the published noise, and gamma 2.2 times 0.25
 plus noise (seeded). Figures per set, averaged over its images:
   PSNR, SSIM  utils.metrics, against normal
   da*, db*    |mean CIELAB a*| and |mean b*| of (output - normal): the mean colour shift
@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +29,13 @@ sys.path.insert(0, str(ROOT))
 import nets  # noqa: E402
 from nets.enhance import enhance  # noqa: E402
 from nets.retinaface import load_retinaface  # noqa: E402
+from utils.face_photos import make_face_photos  # noqa: E402
 from utils.images import list_images, read_image, to_tensor, to_uint8  # noqa: E402
 from utils.lowlight import darken, image_rng  # noqa: E402
 from utils.metrics import psnr, ssim  # noqa: E402
 from utils.runtime import resolve_device  # noqa: E402
 
-SHARED = Path(os.environ.get("LOWFACENET_REFERENCE", ROOT.parent / "shared" / "reference")).parent
+TEST_RETINAFACE = ROOT / "tests" / "weights" / "Retinaface_mobilenet0.25.pth"  # the published detector
 
 
 def parse_args(argv=None):
@@ -41,25 +43,25 @@ def parse_args(argv=None):
     p.add_argument("--enhance_checkpoint", nargs="+", default=["checkpoint/Low-FaceNet.pth"],
                    help="one or more enhancement weight files to compare")
     p.add_argument("--samples", default="dataset/samples")
-    p.add_argument("--faces", default=str(SHARED / "faces" / "lfw-mini"))
+    p.add_argument("--faces", default=None, help="face photos (NAME/NAME_NNNN.jpg); default: synthetic ones")
     p.add_argument("--retinaface_checkpoint", default="checkpoint/Retinaface_mobilenet0.25.pth",
-                   help="the published detector (falls back to the shared test data's copy)")
+                   help="the published detector (falls back to the copy the tests carry)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default="benchmarks/demo_quality.json")
     p.add_argument("--seed", type=int, default=1)
     return p.parse_args(argv)
 
 
-def image_sets(args):
-    """{set name: [(dark uint8, normal uint8)]}."""
+def image_sets(args, faces):
+    """{set name: [(dark uint8, normal uint8)]}, the face sets from the photos under `faces`."""
     low, normal = os.path.join(args.samples, "underexposed"), os.path.join(args.samples, "normal")
     sets = {"samples": [(read_image(os.path.join(low, rel)), read_image(os.path.join(normal, rel)))
                         for rel in list_images(low)[0]]}
-    faces = sorted(str(p.relative_to(args.faces)) for p in Path(args.faces).rglob("*.jpg"))
-    for name, cut in (("lfw-mini gamma 2.2", 1.0), ("lfw-mini gamma 2.2 x 0.25", 0.25)):
+    photos = sorted(str(p.relative_to(faces)) for p in Path(faces).rglob("*.jpg"))
+    for name, cut in (("faces gamma 2.2", 1.0), ("faces gamma 2.2 x 0.25", 0.25)):
         pairs = []
-        for rel in faces:
-            image = read_image(os.path.join(args.faces, rel))
+        for rel in photos:
+            image = read_image(os.path.join(faces, rel))
             dark = darken(image, image_rng(args.seed, rel), "gamma", gamma=2.2, noise_std=0.28)
             pairs.append(((dark * cut).astype(np.uint8) if cut != 1 else dark, image))
         sets[name] = pairs
@@ -97,11 +99,13 @@ def main(argv=None):
     device = resolve_device(args.device)
     retinaface = args.retinaface_checkpoint
     if not os.path.isfile(retinaface):
-        retinaface = str(SHARED / "weights" / "Retinaface_mobilenet0.25.pth")
+        retinaface = str(TEST_RETINAFACE)
     detector = load_retinaface(retinaface, device)
     models = {path: nets.load("enhance", path, device) for path in args.enhance_checkpoint}
     results = {}
-    for set_name, pairs in image_sets(args).items():
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = image_sets(args, args.faces or make_face_photos(tmp))
+    for set_name, pairs in sets.items():
         methods = {"dark input": [d for d, _ in pairs], "CLAHE": [clahe(d) for d, _ in pairs]}
         for path, model in models.items():
             methods[os.path.basename(path)] = [to_uint8(enhance(model, to_tensor(d)[None].to(device), tile=1024)[0])

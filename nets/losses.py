@@ -76,7 +76,7 @@ class ColorLoss(nn.Module):
     def forward(self, enhanced, positives):
         pad = self.row.shape[-1] // 2
         with torch.autocast(enhanced.device.type, enabled=False):
-            d = (enhanced.float() - positives.float()).sum(1, keepdim=True)
+            d = (enhanced.to(self.row.dtype) - positives.to(self.row.dtype)).sum(1, keepdim=True)  # float32 under amp
             d = F.conv2d(F.conv2d(d, self.row, padding=(0, pad)), self.column, padding=(pad, 0))
             return global_mean(d.pow(2))
 

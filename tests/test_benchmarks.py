@@ -51,9 +51,9 @@ def test_demo_bar():
         assert not demo_quality.meets_bar({**good, **change}, figures), change
 
 
-def test_demo_quality_measures_every_set(tmp_path, lfw_faces, retinaface_weights):
+def test_demo_quality_measures_every_set(tmp_path, face_photos, retinaface_weights):
     faces = tmp_path / "faces"
-    for p in sorted(lfw_faces.rglob("*.jpg"))[:2]:
+    for p in sorted(face_photos.rglob("*.jpg"))[:2]:
         (faces / p.parent.name).mkdir(parents=True, exist_ok=True)
         shutil.copy(p, faces / p.parent.name / p.name)
     weights = tmp_path / "random.pth"
@@ -71,4 +71,4 @@ def test_demo_quality_measures_every_set(tmp_path, lfw_faces, retinaface_weights
     assert abs(samples["dark input"]["psnr"] - expected) < 1e-4
     assert samples["dark input"]["faces"] >= 1
     # fresh weights darken (i = x + sigmoid(~0) = x + 0.5): far from the bar
-    assert results["lfw-mini gamma 2.2"]["random.pth"]["meets_bar"] is False
+    assert results["faces gamma 2.2"]["random.pth"]["meets_bar"] is False

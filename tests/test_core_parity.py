@@ -1,8 +1,10 @@
 """Parity of the enhancement network, every loss term and its gradient, and the metrics with the published code."""
+import copy
+
 import pytest
 import torch
 
-from conftest import assert_close, load_manifest, load_parity
+from conftest import assert_close, load_manifest, load_parity, parity_weights
 from nets import losses
 from nets.enhance import EnhanceNet
 from nets.vgg import VGGFeatures
@@ -17,8 +19,7 @@ def test_enhance_state_dict_matches_manifest():
 
 def test_enhance_outputs_match_published():
     ref = load_parity("enhance")
-    model = EnhanceNet()
-    model.load_state_dict(ref["weights"], strict=True)
+    model = parity_weights(EnhanceNet(), "enhance")
     with torch.no_grad():
         r, i = model(ref["input"])
     assert_close(r, ref["r"], rtol=1e-5, atol=1e-6, what="r")
@@ -28,9 +29,7 @@ def test_enhance_outputs_match_published():
 @pytest.fixture(scope="module")
 def loss_ref():
     ref = load_parity("losses")
-    vgg = VGGFeatures(vgg16(weights=None).features)
-    vgg.load_state_dict(ref["vgg16_features"], strict=True)
-    return ref, vgg
+    return ref, parity_weights(VGGFeatures(vgg16(weights=None).features), "vgg16")
 
 
 def test_vgg_trunk_matches_manifest():
@@ -47,7 +46,7 @@ def _term(name, ref, vgg, x):
     if name == "perceptual":
         return losses.perceptual_loss(vgg(ref["input"])[3], vgg(x)[3])
     if name == "color":
-        return losses.ColorLoss()(x, ref["positives"])
+        return losses.ColorLoss().to(x.dtype)(x, ref["positives"])
     if name == "smooth":
         return losses.smooth_loss(ref["input"], x)
     if name == "seg_brightness":
@@ -61,13 +60,17 @@ def _term(name, ref, vgg, x):
                                   "seg_brightness", "color_consistency"])
 def test_loss_value_and_gradient_match_published(loss_ref, name):
     ref, vgg = loss_ref
-    x = (ref["illumination"] if name == "smooth" else ref["enhanced"]).clone().requires_grad_(True)
-    value = _term(name, ref, vgg, x)
-    value.backward()
+    with torch.no_grad():
+        value = _term(name, ref, vgg, ref["illumination"] if name == "smooth" else ref["enhanced"])
     assert_close(value, ref["values"][name], rtol=1e-4 if name in ("contrast_feature", "perceptual") else 1e-5,
                  atol=0, what=f"{name} value")
-    g = ref["grads"][name]
-    assert_close(x.grad, g, rtol=1e-4, atol=1e-4 * g.abs().max().item(), what=f"{name} gradient")
+    # The gradient in float64: the L1 terms' gradients are signs of feature differences, and with the parity weights
+    # hundreds of those differences lie within float32 rounding of 0, where any CPU's kernels may flip them (1 % of
+    # the largest gradient). The published outputs match the float64 computation to float32 rounding.
+    ref = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in ref.items()}
+    x = (ref["illumination"] if name == "smooth" else ref["enhanced"]).clone().requires_grad_(True)
+    _term(name, ref, copy.deepcopy(vgg).double(), x).backward()
+    assert_close(x.grad, ref["grads"][name], scale=1e-5, what=f"{name} gradient")
 
 
 def test_stored_reference_covers_every_term():

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from conftest import assert_close, load_manifest, load_parity
+from conftest import assert_close, load_manifest, load_parity, parity_weights
 from nets.deeplab import IMAGENET_MEAN, IMAGENET_STD, deeplabv3plus_mobilenet, load_deeplab, parse_faces
 from nets.unique import UNIQUE, bilinear_pool, load_unique, unique_score
 from utils.checkpoint import CheckpointError
@@ -17,9 +17,7 @@ def _shapes(state, prefix=""):
 @pytest.fixture(scope="module")
 def seg_ref():
     ref = load_parity("segmentation")
-    model = deeplabv3plus_mobilenet()
-    model.load_state_dict(ref["weights"], strict=True)
-    return ref, model.eval()
+    return ref, parity_weights(deeplabv3plus_mobilenet(), "deeplab").eval()
 
 
 def test_deeplab_state_dict_matches_manifest():
@@ -47,22 +45,22 @@ def test_parse_faces_is_argmax_of_logits_on_imagenet_normalized_input(seg_ref):
 
 
 def test_load_deeplab_reads_model_state_container(tmp_path, seg_ref):
-    ref, _ = seg_ref
+    _, published = seg_ref
+    weights = published.state_dict()
     model = deeplabv3plus_mobilenet()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     path = tmp_path / "best_deeplabv3plus_mobilenet_lapa_epoch96.pth"
-    torch.save({"cur_itrs": 96, "model_state": ref["weights"], "optimizer_state": optimizer.state_dict(),
+    torch.save({"cur_itrs": 96, "model_state": weights, "optimizer_state": optimizer.state_dict(),
                 "best_score": 0.5}, path)
     loaded = load_deeplab(path, "cpu")
     assert not loaded.training
-    for k, v in ref["weights"].items():
+    for k, v in weights.items():
         assert torch.equal(loaded.state_dict()[k], v), k
 
 
 def test_load_deeplab_rejects_bare_state_dict(tmp_path, seg_ref):
-    ref, _ = seg_ref
     path = tmp_path / "bare.pth"
-    torch.save(ref["weights"], path)
+    torch.save(seg_ref[1].state_dict(), path)
     with pytest.raises(CheckpointError) as err:
         load_deeplab(path, "cpu")
     assert str(path) in str(err.value) and "'model_state'" in str(err.value)

@@ -14,20 +14,20 @@ import pytest
 from PIL import Image
 
 import eval as evaluate
-from conftest import ROOT, copy_faces
+from conftest import IDENTITIES, ROOT, copy_faces
 from utils.lowlight import GAMMA_RANGE, SCALE_RANGE, darken
 from utils.lowlight import main as lowlight_main
 
-IDS = ("Alejandro_Toledo", "Amelie_Mauresmo", "Angelina_Jolie")
+IDS = tuple(IDENTITIES[:3])
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory, lfw_faces):
+def root(tmp_path_factory, face_photos):
     """dataset/CASIA-Test: normal/ (LFW layout, 3 identities x 2 photos); SOTAs/Ours = copies of the database
     images; SOTAs/Messy = the same plus a blank image of the first identity and a corrupt file."""
     root = tmp_path_factory.mktemp("eval")
     data = root / "dataset" / "CASIA-Test"
-    copy_faces(lfw_faces, data / "normal", IDS, 2)
+    copy_faces(face_photos, data / "normal", IDS, 2)
     for method in ("Ours", "Messy"):
         for name in IDS:
             (data / "SOTAs" / method / name).mkdir(parents=True)

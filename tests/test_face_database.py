@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 
 import utils.face_database as face_database
-from conftest import copy_faces, load_parity
+from conftest import IDENTITIES, copy_faces
 from nets.facenet import load_facenet
 from nets.retinaface import load_retinaface
 from utils.face_database import build_database, identity_of, load_encodings
 
-IDS = ("Alejandro_Toledo", "Amelie_Mauresmo", "Angelina_Jolie")
+IDS = tuple(IDENTITIES[:3])
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +47,9 @@ def test_identity_of_both_layouts():
     assert identity_of("solo.png") == "solo"
 
 
-def test_database_holds_first_image_of_each_identity(tmp_path, lfw_faces):
-    copy_faces(lfw_faces, tmp_path / "lfw", IDS, 3)
-    copy_faces(lfw_faces, tmp_path / "flat", IDS, 3, flat=True)
+def test_database_holds_first_image_of_each_identity(tmp_path, face_photos):
+    copy_faces(face_photos, tmp_path / "lfw", IDS, 3)
+    copy_faces(face_photos, tmp_path / "flat", IDS, 3, flat=True)
     assert build_database(tmp_path / "lfw", tmp_path / "db_lfw") == [(i, f"{i}/{i}_0001.jpg") for i in IDS]
     assert build_database(tmp_path / "flat", tmp_path / "db_flat") == [(i, f"{i}_0001.jpg") for i in IDS]
     assert sorted(p.name for p in (tmp_path / "db_flat").iterdir()) == [f"{i}_0001.jpg" for i in IDS]
@@ -67,10 +67,10 @@ def test_database_holds_first_image_of_each_identity(tmp_path, lfw_faces):
         build_database(tmp_path / "flat", tmp_path / "flat" / "db")
 
 
-def test_encodings_built_reused_and_rebuilt_on_change(tmp_path, lfw_faces, detector, facenet, facenet_file,
+def test_encodings_built_reused_and_rebuilt_on_change(tmp_path, face_photos, detector, facenet, facenet_file,
                                                       encode_calls):
     normal, database, encoding = tmp_path / "normal", tmp_path / "database" / "Set", tmp_path / "encoding"
-    copy_faces(lfw_faces, normal, IDS, 2, flat=True)
+    copy_faces(face_photos, normal, IDS, 2, flat=True)
     facenet_copy = tmp_path / "facenet.pth"
     shutil.copyfile(facenet_file, facenet_copy)
     load = lambda net: load_encodings(normal, database, encoding, "Set", detector, net, facenet_copy, "cpu", 8)
@@ -86,7 +86,7 @@ def test_encodings_built_reused_and_rebuilt_on_change(tmp_path, lfw_faces, detec
     assert encode_calls == [3] and names_again == names and torch.equal(again, first)
 
     # a database image changes: the database folder and the encodings are rebuilt
-    replacement = sorted((lfw_faces / IDS[1]).iterdir())[2].read_bytes()
+    replacement = sorted((face_photos / IDS[1]).iterdir())[2].read_bytes()
     (normal / f"{IDS[1]}_0001.jpg").write_bytes(replacement)
     changed, _ = load(facenet)
     assert encode_calls == [3, 3]
@@ -94,16 +94,16 @@ def test_encodings_built_reused_and_rebuilt_on_change(tmp_path, lfw_faces, detec
     assert not torch.allclose(changed[1], first[1]) and torch.allclose(changed[0], first[0], atol=1e-6)
 
     # the FaceNet weights file changes: rebuilt with the new network
-    weights = load_parity("face")["facenet_weights"]
+    weights = torch.load(facenet_file, weights_only=True)
     weights["last_bn.bias"] = weights["last_bn.bias"] + 0.5
     torch.save(weights, facenet_copy)
     rebuilt, _ = load(load_facenet(facenet_copy, "mobilenet", "cpu"))
     assert encode_calls == [3, 3, 3] and not torch.allclose(rebuilt, changed)
 
 
-def test_identity_without_face_is_left_out(tmp_path, lfw_faces, detector, facenet, facenet_file, capsys):
+def test_identity_without_face_is_left_out(tmp_path, face_photos, detector, facenet, facenet_file, capsys):
     normal = tmp_path / "normal"
-    copy_faces(lfw_faces, normal, IDS[:2], 1)
+    copy_faces(face_photos, normal, IDS[:2], 1)
     (normal / "Blank").mkdir()
     Image.new("RGB", (120, 120), (128, 128, 128)).save(normal / "Blank" / "Blank_0001.png")
     args = (detector, facenet, facenet_file, "cpu")

@@ -50,9 +50,9 @@ def test_enhancement_inference_in_channels_last_equals_the_published_layout():
 
 
 @pytest.fixture(scope="module")
-def objective_and_batch(retinaface_weights, facenet_file, vgg_file, lfw_faces):
+def objective_and_batch(retinaface_weights, facenet_file, vgg_file, face_photos):
     """The full objective (real detector, stand-in FaceNet, VGG) and a batch of 3 faces, 128x128."""
-    faces = sorted(p for p in lfw_faces.rglob("*.jpg"))[:3]
+    faces = sorted(p for p in face_photos.rglob("*.jpg"))[:3]
     low = torch.stack([to_tensor(read_image(str(p))) for p in faces])
     low = torch.nn.functional.interpolate(low, size=(128, 128), mode="bilinear", antialias=True).clamp(0, 1) * 0.4
     database = torch.nn.functional.normalize(torch.randn(5, 128, generator=torch.Generator().manual_seed(0)), dim=1)

@@ -22,7 +22,7 @@ import nets.losses as losses
 import test as test_script
 import train
 import utils.face_database as face_database
-from conftest import ROOT, copy_faces
+from conftest import IDENTITIES, ROOT, copy_faces
 from nets.enhance import EnhanceNet, init_weights
 from nets.retinaface import load_retinaface
 from nets.facenet import load_facenet
@@ -188,11 +188,11 @@ def test_lowlight_synthesis_of_a_messy_folder(tmp_path, capsys):
         lowlight_main(["--normal_path", str(tmp_path / "nothing"), "--underexposed_path", str(dst)])
 
 
-def test_eval_recognition_with_tiny_odd_and_broken_images(tmp_path, lfw_faces, retinaface_weights, facenet_file,
+def test_eval_recognition_with_tiny_odd_and_broken_images(tmp_path, face_photos, retinaface_weights, facenet_file,
                                                           capsys):
     data = tmp_path / "dataset" / "CASIA-Test"
-    name = "Alejandro_Toledo"
-    copy_faces(lfw_faces, data / "normal", [name], 1)
+    name = IDENTITIES[0]
+    copy_faces(face_photos, data / "normal", [name], 1)
     method = data / "SOTAs" / "Ours" / name
     method.mkdir(parents=True)
     shutil.copyfile(data / "normal" / name / f"{name}_0001.jpg", method / f"{name}_0001.jpg")
@@ -320,8 +320,8 @@ def test_nan_stops_training_naming_the_term(train_args, tmp_path, monkeypatch, w
 
 
 def _no_identity(data, tmp_path):
-    shutil.copyfile(data / "underexposed" / "Bill_Clinton_0001.jpg", data / "underexposed" / "Nobody_0001.jpg")
-    shutil.copyfile(data / "seg" / "Bill_Clinton_0001.png", data / "seg" / "Nobody_0001.png")
+    shutil.copyfile(data / "underexposed" / f"{IDENTITIES[2]}_0001.jpg", data / "underexposed" / "Nobody_0001.jpg")
+    shutil.copyfile(data / "seg" / f"{IDENTITIES[2]}_0001.png", data / "seg" / "Nobody_0001.png")
     return []
 
 
@@ -339,8 +339,8 @@ def _empty(data, tmp_path):
 
 
 def _corrupt(data, tmp_path):
-    (data / "underexposed" / "Bill_Clinton_0002.jpg").write_bytes(b"")
-    (data / "seg" / "Angelina_Jolie_0001.png").unlink()
+    (data / "underexposed" / f"{IDENTITIES[2]}_0002.jpg").write_bytes(b"")
+    (data / "seg" / f"{IDENTITIES[1]}_0001.png").unlink()
     return []
 
 
@@ -430,13 +430,13 @@ def test_pickle_bomb_checkpoint_is_refused_without_running_it(tmp_path):
     assert marker.exists()
 
 
-def test_pickled_encoding_cache_is_refused_and_rebuilt(tmp_path, lfw_faces, retinaface_weights, facenet_file):
-    ids = ["Alejandro_Toledo", "Angelina_Jolie"]
+def test_pickled_encoding_cache_is_refused_and_rebuilt(tmp_path, face_photos, retinaface_weights, facenet_file):
+    ids = IDENTITIES[:2]
     normal, encoding, marker = tmp_path / "normal", tmp_path / "encoding", tmp_path / "exploded"
-    copy_faces(lfw_faces, normal, ids, 1, flat=True)
+    copy_faces(face_photos, normal, ids, 1, flat=True)
     encoding.mkdir()
     np.save(encoding / "S_encoding.npy", np.array([Bomb(marker)], dtype=object), allow_pickle=True)
-    np.save(encoding / "S_name.npy", np.array(["Alejandro_Toledo"], dtype=object), allow_pickle=True)
+    np.save(encoding / "S_name.npy", np.array([IDENTITIES[0]], dtype=object), allow_pickle=True)
     (encoding / "S_fingerprint.json").write_text(json.dumps(face_database.fingerprint(normal, facenet_file)))
 
     encodings, names = face_database.load_encodings(

@@ -8,6 +8,7 @@ import torch
 
 import nets
 import test as test_script
+from conftest import IDENTITIES
 import train
 from nets.enhance import EnhanceNet, init_weights
 from nets.face_recognition import FaceRecognitionLoss
@@ -34,7 +35,7 @@ def test_one_epoch_writes_loadable_checkpoints_and_readable_log(train_args, tmp_
     for name in ["loss", "face_acc", "brightness", *WEIGHTS]:
         assert f" {name} " in steps[0], f"{name} missing from the log line"
     assert sorted(os.listdir(tmp_path / "database/LaPa-Face")) == \
-        ["Alejandro_Toledo_0001.jpg", "Angelina_Jolie_0001.jpg", "Bill_Clinton_0001.jpg"]
+        [f"{name}_0001.jpg" for name in IDENTITIES[:3]]
     assert (tmp_path / "encoding/LaPa-Face_encoding.npy").exists()
 
 
@@ -78,7 +79,7 @@ def test_objective_decreases_on_a_fixed_batch(fixed_batch):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
         optimizer.step()
         history.append(total.item())
-    assert history[-1] < history[0] - 1e-3, history
+    assert all(later < earlier for earlier, later in zip(history, history[1:])), history  # every step lowers it
 
 
 def test_objective_under_bf16_autocast_stays_within_2_percent(fixed_batch):
