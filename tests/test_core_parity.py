@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from conftest import assert_close, load_manifest, load_parity, parity_weights
+from parity_weights import formula_value
 from nets import losses
 from nets.enhance import EnhanceNet
 from nets.vgg import VGGFeatures
@@ -95,3 +96,17 @@ def test_metrics_match_published():
     ref = load_parity("metrics")
     assert_close(psnr(ref["pred"], ref["gt"]), ref["psnr"], rtol=1e-5, atol=0, what="psnr")
     assert_close(ssim(ref["pred"], ref["gt"]), ref["ssim"], rtol=1e-5, atol=0, what="ssim")
+
+
+def test_parity_weights_formula_matches_its_probe():
+    """tests/parity_weights.py against parity_weights_probe.pt: float64 sum, first and last value of every entry."""
+    probe = load_parity("weights_probe")
+    shapes = {"enhance": load_manifest("lowfacenet_enhance"), "facenet": load_manifest("facenet_mobilenet"),
+              "deeplab": load_manifest("deeplabv3plus_mobilenet_lapa"),
+              "vgg16.features": {k: tuple(v.shape) for k, v in vgg16(weights=None).features.state_dict().items()}}
+    for tag, entries in shapes.items():
+        assert set(probe[tag]) == {k for k in entries if not k.endswith("num_batches_tracked")}, tag
+        for key, (total, first, last) in probe[tag].items():
+            values = torch.from_numpy(formula_value(f"{tag}.{key}", entries[key], int(probe["seed"]))).float().double()
+            assert (values.flatten()[0], values.flatten()[-1]) == (first, last), f"{tag}.{key}"
+            assert_close(values.sum(), total, rtol=1e-12, atol=1e-12, what=f"{tag}.{key} sum")
