@@ -10,7 +10,8 @@ from typing import Callable
 
 from utils.checkpoint import load_weights
 
-DRIVE = "the Low-FaceNet release (Google Drive link in the published README); put it in checkpoint/"
+DRIVE = ("the authors' Google Drive: run `python -m utils.download`, or download it by hand (link in the published "
+         "README) into checkpoint/")
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ FORMATS = {
     "deeplab": Format(_build("deeplab", "deeplabv3plus_mobilenet"), "best_deeplabv3plus_mobilenet_lapa_epoch96.pth",
                       container="model_state"),
     "unique": Format(_build("unique", "UNIQUE"), "unique.pt", strip_prefix="module.",
-                     source="github.com/zwx8981/UNIQUE (its model.pt; save it as checkpoint/unique.pt)"),
+                     source=DRIVE + " (it is github.com/zwx8981/UNIQUE's model.pt)"),
 }
 
 
