@@ -343,8 +343,7 @@ def part_eval_py(args, device, tmp):
               "--database_root", os.path.join(tmp, "database"), "--encoding_root", os.path.join(tmp, "encoding")]
     with quiet():  # the face database is built beforehand, as a real evaluation finds it after its first run
         load_encodings(str(data / "normal"), os.path.join(tmp, "database", "LFW"), os.path.join(tmp, "encoding"),
-                       "LFW", load_retinaface(retinaface, device), load_facenet(facenet_path, device=device),
-                       facenet_path, device)
+                       "LFW", load_retinaface(retinaface, device), load_facenet(facenet_path, device=device), device)
         argv = ["--dataset_name", "LFW", "--dataset_root", os.path.join(tmp, "dataset"), "--method_name", "Ours",
                 "--device", str(device), "--log_path", os.path.join(tmp, "eval.txt"), *common]
         code, t = timed(lambda: eval_script.main(argv), device)

@@ -2,6 +2,7 @@
 inputs, training killed by real signals and resumed to the same weights, NaN stops, one-line set-up errors,
 atomic writes, and untrusted checkpoint and cache files that are refused without running their code."""
 import ast
+import hashlib
 import json
 import os
 import re
@@ -33,14 +34,29 @@ from utils.lowlight import main as lowlight_main
 
 # ---------------------------------------------------------------- a folder gathered from many sources
 
+LONG = "n" * 246 + ".png"  # 250 bytes: a temporary name built from it would pass the 255-byte limit
+RAW = os.fsdecode(b"raw \xff\xfe name.png")  # not valid UTF-8, as file systems allow
+RAW_BAD = os.fsdecode(b"bad \xff.jpg")
+
+
+def shown(path):
+    """A path as the scripts print it: bytes that are not UTF-8 as backslash escapes."""
+    return str(path).encode("utf-8", "backslashreplace").decode()
+
+
 def messy_folder(root):
-    """Writes every kind of file a real folder holds. Returns (good: relative path -> (H, W) read upright,
-    unreadable image files, files that are not images)."""
+    """Writes every kind of entry a real folder holds. Returns (good: relative path -> (H, W) read upright,
+    bad: unreadable image file -> the start of its reason, passed: other entry -> the reason it is passed over)."""
     rng = np.random.default_rng(0)
     rgb = lambda h, w: rng.integers(0, 120, (h, w, 3), dtype=np.uint8)
     good = {"grey.png": (20, 24), "rgba.png": (20, 24), "palette.png": (20, 24), "deep16.png": (20, 24),
             "cmyk.jpg": (20, 24), "rotated.jpg": (30, 20), "one.png": (1, 1), "seven_by_three.png": (3, 7),
-            "odd.bmp": (17, 33), "a/b/nested.tif": (9, 11), "sub dir/ünïcode naïve 名前.png": (12, 10)}
+            "odd.bmp": (17, 33), "a/b/nested.tif": (9, 11), "sub dir/ünïcode naïve 名前.png": (12, 10),
+            "dark16.pgm": (5, 7), "wide.png": (2, 2000), LONG: (3, 4), RAW: (6, 5), "linked/x.png": (8, 9)}
+    elsewhere = root.parent / f"{root.name} elsewhere"  # a folder reached through a link
+    elsewhere.mkdir(parents=True)
+    root.mkdir()
+    os.symlink(elsewhere, root / "linked")
     for rel in good:
         os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
     Image.fromarray(rgb(20, 24)[..., 0]).save(root / "grey.png")
@@ -51,23 +67,48 @@ def messy_folder(root):
     exif = Image.Exif()
     exif[0x0112] = 6  # stored 30 wide x 20 high, shown rotated by 90 degrees
     Image.fromarray(rgb(20, 30)).save(root / "rotated.jpg", exif=exif)
+    (root / "dark16.pgm").write_bytes(b"P5\n7 5\n65535\n" + rng.integers(0, 219, (5, 7)).astype(">u2").tobytes())
     for rel, (h, w) in [("one.png", (1, 1)), ("seven_by_three.png", (3, 7)), ("odd.bmp", (17, 33)),
-                        ("a/b/nested.tif", (9, 11)), ("sub dir/ünïcode naïve 名前.png", (12, 10))]:
+                        ("a/b/nested.tif", (9, 11)), ("sub dir/ünïcode naïve 名前.png", (12, 10)),
+                        ("wide.png", (2, 2000)), (LONG, (3, 4)), (RAW, (6, 5)), ("linked/x.png", (8, 9))]:
         Image.fromarray(rgb(h, w)).save(root / rel)
     Image.fromarray(rgb(64, 64)).save(root / "whole.jpg")
     jpeg = (root / "whole.jpg").read_bytes()
     (root / "whole.jpg").unlink()
-    bad = {"empty.jpg": b"", "truncated.jpg": jpeg[: len(jpeg) // 2], "a/text.jpg": b"just some text\n"}
-    others = {".DS_Store": b"\0\0\0\1Bud1", "Thumbs.db": b"\xd0\xcf\x11\xe0", "a/notes.txt": b"notes\n"}
-    for rel, data in {**bad, **others}.items():
+    bad = {"empty.jpg": "cannot read image (empty file)", "truncated.jpg": "cannot read image (",
+           "a/text.jpg": "cannot read image (", RAW_BAD: "cannot read image (", "gone.jpg": "cannot read image (",
+           "nan.tif": "pixel values outside 0..255", "negative.tif": "pixel values outside 0..4294967295"}
+    passed = {".DS_Store": "hidden file", "Thumbs.db": "not an image file", "a/notes.txt": "not an image file",
+              ".cache": "hidden folder", "pipe.png": "not a regular file",
+              "a/loop": "a link to a folder above it (not followed: it would loop)"}
+    for rel, data in {"empty.jpg": b"", "truncated.jpg": jpeg[: len(jpeg) // 2], "a/text.jpg": b"just some text\n",
+                      RAW_BAD: b"text", ".DS_Store": b"\0\0\0\1Bud1", "Thumbs.db": b"\xd0\xcf\x11\xe0",
+                      "a/notes.txt": b"notes\n"}.items():
         (root / rel).write_bytes(data)
+    os.symlink(root / "nowhere.jpg", root / "gone.jpg")  # a broken link
+    Image.fromarray(np.array([[0.5, np.nan]], np.float32)).save(root / "nan.tif")
+    Image.fromarray(np.array([[7, -5]], np.int32)).save(root / "negative.tif")
+    (root / ".cache").mkdir()
+    Image.fromarray(rgb(4, 4)).save(root / ".cache" / "thumb.png")
+    os.mkfifo(root / "pipe.png")  # opening it would wait for a writer forever
+    os.symlink(root, root / "a" / "loop")
     (root / "empty folder").mkdir()
-    return good, sorted(bad), sorted(others)
+    return good, bad, passed
 
 
 def all_files(root):
     """{relative path: bytes} of every file below root, hidden ones included."""
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def assert_named(lines, root, bad, passed):
+    """Each unreadable image and each entry passed over is named in exactly one line, with its reason."""
+    for rel, reason in bad.items():
+        named = [line for line in lines if shown(root / rel) + ":" in line]
+        assert len(named) == 1 and named[0].startswith(f"failed {shown(root / rel)}: {reason}"), (rel, named)
+    for rel, reason in passed.items():
+        named = [line for line in lines if shown(root / rel) + ":" in line]
+        assert named == [f"skipped {shown(root / rel)}: {reason}"], (rel, named)
 
 
 @pytest.fixture
@@ -88,16 +129,12 @@ def run_test_py(src, dst, checkpoint, capsys, *extra):
 def test_test_py_enhances_every_readable_image_and_names_the_rest(tmp_path, enhancer, capsys):
     model, checkpoint = enhancer
     src, dst = tmp_path / "in", tmp_path / "out"
-    good, bad, others = messy_folder(src)
+    good, bad, passed = messy_folder(src)
     code, lines = run_test_py(src, dst, checkpoint, capsys)
     assert code == 1
-    for rel in bad:
-        named = [line for line in lines if str(src / rel) in line]
-        assert len(named) == 1 and named[0].startswith(f"failed {src / rel}: cannot read image ("), named
-    assert f"failed {src / 'empty.jpg'}: cannot read image (empty file)" in lines
-    for rel in others:
-        assert [line for line in lines if str(src / rel) in line] == [f"skipped {src / rel}: not an image file"]
-    assert lines[-1] == f"done: {len(good)} written, 0 kept, 3 failed, 3 non-image files passed over"
+    assert_named(lines, src, bad, passed)
+    assert lines[-1] == (f"done: {len(good)} written, 0 kept, {len(bad)} failed, {len(passed)} other entries passed "
+                         f"over; {len(bad)} of the {len(good) + len(bad)} files asked for are missing")
 
     assert set(all_files(dst)) == set(good)  # every good image, nothing else (no temporary files)
     (tmp_path / "plain").write_bytes(b"")
@@ -114,22 +151,25 @@ def test_test_py_enhances_every_readable_image_and_names_the_rest(tmp_path, enha
 def test_test_py_keeps_inputs_and_existing_outputs_and_resumes(tmp_path, enhancer, capsys):
     _, checkpoint = enhancer
     src, dst = tmp_path / "in", tmp_path / "out"
-    good, _, _ = messy_folder(src)
+    good, bad, passed = messy_folder(src)
     inputs = all_files(src)
     assert run_test_py(src, dst, checkpoint, capsys)[0] == 1
     first = all_files(dst)
+    done = lambda written, kept: (f"done: {written} written, {kept} kept, {len(bad)} failed, {len(passed)} other "
+                                  f"entries passed over; {len(bad)} of the {len(good) + len(bad)} files asked for "
+                                  "are missing")
 
     # an interrupted run: some outputs missing, one from an older run; the same command finishes the job
     (dst / "odd.bmp").unlink()
     (dst / "sub dir/ünïcode naïve 名前.png").unlink()
     (dst / "one.png").write_bytes(b"from an older run")
     code, lines = run_test_py(src, dst, checkpoint, capsys)
-    assert code == 1 and lines[-1] == f"done: 2 written, {len(good) - 2} kept, 3 failed, 3 non-image files passed over"
+    assert code == 1 and lines[-1] == done(2, len(good) - 2)
     assert any(f"({len(good) - 2} already there, kept; --overwrite replaces them)" in line for line in lines)
     assert all_files(dst) == {**first, "one.png": b"from an older run"}
 
     code, lines = run_test_py(src, dst, checkpoint, capsys, "--overwrite")
-    assert lines[-1] == f"done: {len(good)} written, 0 kept, 3 failed, 3 non-image files passed over"
+    assert lines[-1] == done(len(good), 0)
     assert all_files(dst) == first
     assert all_files(src) == inputs  # inputs never changed, moved or deleted
 
@@ -144,27 +184,29 @@ def test_test_py_empty_folder_and_misplaced_output(tmp_path, enhancer, capsys):
     with pytest.raises(SystemExit, match="no images found"):
         run_test_py(tmp_path / "junk", tmp_path / "out", checkpoint, capsys)
     assert "skipped" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="must not be the input folder or inside it"):
+    with pytest.raises(SystemExit, match="junk/out lies inside --underexposed_path"):
         run_test_py(tmp_path / "junk", tmp_path / "junk" / "out", checkpoint, capsys)
     assert not (tmp_path / "out").exists()
 
 
 def test_eval_iqa_scores_every_readable_image_and_names_the_rest(tmp_path, capsys):
     data = tmp_path / "dataset" / "CelebA-Test"
-    good, bad, others = messy_folder(data / "SOTAs" / "Ours")
-    shutil.copytree(data / "SOTAs" / "Ours", data / "normal")  # every image is its own reference
+    images = data / "SOTAs" / "Ours"
+    good, bad, passed = messy_folder(images)
+    for rel in good:  # every readable image is its own reference
+        (data / "normal" / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(images / rel, data / "normal" / rel)
     argv = ["--dataset_name", "CelebA-Test", "--dataset_root", str(tmp_path / "dataset"), "--num_workers", "0",
             "--log_path", str(tmp_path / "eval.txt"), "--unique_checkpoint", str(tmp_path / "absent.pt"),
             "--device", "cpu"]
     assert evaluate.main(argv) == 1
     lines = capsys.readouterr().out.splitlines()
-    images = data / "SOTAs" / "Ours"
-    for rel in bad:
-        named = [line for line in lines if str(images / rel) in line]
-        assert len(named) == 1 and named[0].startswith(f"failed {images / rel}: cannot read image ("), named
-    for rel in others:
-        assert [line for line in lines if str(images / rel) in line] == [f"skipped {images / rel}: not an image file"]
-    assert f"psnr=inf ssim=1.0000 images={len(good)} failed=3" in (tmp_path / "eval.txt").read_text()
+    assert_named(lines, images, bad, passed)
+    n, files = len(good), len(good) + len(bad)
+    assert f"PSNR 100.0000 over {n} of {files} images; {len(bad)} left out (named above); {n} at the 100 dB cap " \
+           "(identical to their reference)" in lines
+    assert f"psnr=100.0000 psnr_images={n} psnr_capped={n} ssim=1.0000 ssim_images={n} images={files} " \
+           f"failed={len(bad)}" in (tmp_path / "eval.txt").read_text()
 
     shutil.rmtree(images)
     (images / "empty folder").mkdir(parents=True)
@@ -174,14 +216,11 @@ def test_eval_iqa_scores_every_readable_image_and_names_the_rest(tmp_path, capsy
 
 def test_lowlight_synthesis_of_a_messy_folder(tmp_path, capsys):
     src, dst = tmp_path / "normal", tmp_path / "underexposed"
-    good, bad, others = messy_folder(src)
+    good, bad, passed = messy_folder(src)
     assert lowlight_main(["--normal_path", str(src), "--underexposed_path", str(dst)]) == 1
     lines = capsys.readouterr().out.splitlines()
-    for rel in bad:
-        assert len([line for line in lines if str(src / rel) in line]) == 1
-    for rel in others:
-        assert f"skipped {src / rel}: not an image file" in lines
-    assert lines[-1] == f"done: {len(good)} written to {dst}, 0 kept (--overwrite replaces them), 3 failed"
+    assert_named(lines, src, bad, passed)
+    assert lines[-1] == f"done: {len(good)} written to {dst}, 0 kept (--overwrite replaces them), {len(bad)} failed"
     assert {rel: read_image(str(dst / rel)).shape[:2] for rel in all_files(dst)} == good
     (tmp_path / "nothing").mkdir()
     with pytest.raises(SystemExit, match="no images found in"):
@@ -191,15 +230,17 @@ def test_lowlight_synthesis_of_a_messy_folder(tmp_path, capsys):
 def test_eval_recognition_with_tiny_odd_and_broken_images(tmp_path, lfw_faces, retinaface_weights, facenet_file,
                                                           capsys):
     data = tmp_path / "dataset" / "CASIA-Test"
-    name = "Alejandro_Toledo"
+    name = sorted(p.name for p in lfw_faces.iterdir())[0]
     copy_faces(lfw_faces, data / "normal", [name], 1)
     method = data / "SOTAs" / "Ours" / name
     method.mkdir(parents=True)
-    shutil.copyfile(data / "normal" / name / f"{name}_0001.jpg", method / f"{name}_0001.jpg")
+    shutil.copyfile(next((data / "normal" / name).iterdir()), method / f"{name}_0001.jpg")
     Image.new("RGB", (1, 1)).save(method / f"{name}_0002.png")
     Image.new("L", (7, 3)).save(method / f"{name}_0003.png")
     Image.new("CMYK", (33, 17)).save(method / f"{name}_0004.jpg")
     (method / f"{name}_0005.jpg").write_bytes(b"")
+    Image.new("RGB", (2000, 2)).save(method / f"{name}_0006.png")  # letterboxed to 640x0 by the published rule
+    Image.new("RGB", (2, 2000)).save(method / f"{name}_0007.png")
     (method / "Thumbs.db").write_bytes(b"x")
     argv = ["--dataset_root", str(tmp_path / "dataset"), "--database_root", str(tmp_path / "database"),
             "--encoding_root", str(tmp_path / "encoding"), "--log_path", str(tmp_path / "eval.txt"),
@@ -209,7 +250,9 @@ def test_eval_recognition_with_tiny_odd_and_broken_images(tmp_path, lfw_faces, r
     out = capsys.readouterr().out
     assert f"failed {method / f'{name}_0005.jpg'}: cannot read image (empty file)" in out
     assert f"skipped {method / 'Thumbs.db'}: not an image file" in out
-    assert "top1=25.0000 correct=1 images=4 no_face=3 compat=0 failed=1" in (tmp_path / "eval.txt").read_text()
+    assert "top-1 accuracy 16.67% (1/6 images, 1 unreadable left out (named above), 1 identities" in out
+    assert "top1=16.6667 correct=1 top1_images=6 no_face=5 compat=0 images=7 failed=1" in \
+        (tmp_path / "eval.txt").read_text()
 
 
 # ---------------------------------------------------------------- training: signals, kills, NaN, set-up errors
@@ -431,17 +474,20 @@ def test_pickle_bomb_checkpoint_is_refused_without_running_it(tmp_path):
 
 
 def test_pickled_encoding_cache_is_refused_and_rebuilt(tmp_path, lfw_faces, retinaface_weights, facenet_file):
-    ids = ["Alejandro_Toledo", "Angelina_Jolie"]
+    ids = sorted(p.name for p in lfw_faces.iterdir())[:2]
     normal, encoding, marker = tmp_path / "normal", tmp_path / "encoding", tmp_path / "exploded"
     copy_faces(lfw_faces, normal, ids, 1, flat=True)
+    face_database.build_database(normal, tmp_path / "database")
+    detector, facenet = load_retinaface(retinaface_weights), load_facenet(facenet_file)
     encoding.mkdir()
     np.save(encoding / "S_encoding.npy", np.array([Bomb(marker)], dtype=object), allow_pickle=True)
-    np.save(encoding / "S_name.npy", np.array(["Alejandro_Toledo"], dtype=object), allow_pickle=True)
-    (encoding / "S_fingerprint.json").write_text(json.dumps(face_database.fingerprint(normal, facenet_file)))
+    np.save(encoding / "S_name.npy", np.array([ids[0]], dtype=object), allow_pickle=True)
+    files = {kind: hashlib.sha256((encoding / f"S_{kind}.npy").read_bytes()).hexdigest() for kind in ("encoding", "name")}
+    (encoding / "S_fingerprint.json").write_text(json.dumps({**face_database.fingerprint(normal, detector, facenet),
+                                                             "files": files}))  # a fingerprint that fits them
 
-    encodings, names = face_database.load_encodings(
-        normal, tmp_path / "database", encoding, "S", load_retinaface(retinaface_weights),
-        load_facenet(facenet_file), facenet_file, "cpu")
+    encodings, names = face_database.load_encodings(normal, tmp_path / "database", encoding, "S", detector, facenet,
+                                                    "cpu")
     assert not marker.exists()
     assert names == ids and encodings.shape == (2, 128)
     assert np.load(encoding / "S_encoding.npy", allow_pickle=False).shape == (2, 128)  # rebuilt, plain numbers
