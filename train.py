@@ -23,7 +23,8 @@ import signal
 import sys
 import time
 
-from utils.checks import ArgumentParser, check_paths, device_name, folder_name, integer, number
+from utils.checks import (ArgumentParser, check_paths, device_name, escape_unprintable_names, folder_name, integer,
+                          number)
 
 
 def parse_args(argv=None):
@@ -166,6 +167,7 @@ def leave_signals_to_main(_):
 def main(argv=None):
     args = parse_args(argv)
     check_args(args)
+    escape_unprintable_names()
     keep_freed_memory()
     seed_everything(args.seed)
     deterministic = torch.are_deterministic_algorithms_enabled()
