@@ -44,35 +44,35 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn as nn
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nets.enhance import EnhanceNet, enhance, init_weights, training_layout  # noqa: E402
-from nets.face_recognition import FaceRecognitionLoss  # noqa: E402
-from nets.facenet import load_facenet  # noqa: E402
-from nets.losses import LowFaceNetObjective, seg_brightness_loss  # noqa: E402
-from nets.retinaface import load_retinaface  # noqa: E402
-from nets.vgg import load_vgg16, vgg16_trunk  # noqa: E402
-from utils.images import list_images, read_image, to_tensor, to_uint8, write_image  # noqa: E402
-from utils.runtime import keep_freed_memory, median_seconds, resolve_device, timed  # noqa: E402
+from utils.checks import ArgumentParser, device_name, integer  # noqa: E402
 
 SHARED = Path(os.environ.get("LOWFACENET_REFERENCE", ROOT.parent / "shared" / "reference")).parent
 ENHANCE_MACS_PER_PIXEL = 458_928
+PART_NAMES = ("ceiling", "enhance", "test_py", "large", "large_4096x4096", "large_6000x4000", "train", "eval_py")
+
+
+def part_names(text):
+    """argparse type: a comma-separated subset of PART_NAMES ('large' is both large images)."""
+    if not text or not set(text.split(",")) <= set(PART_NAMES):
+        raise argparse.ArgumentTypeError(f"a comma-separated subset of {','.join(PART_NAMES)} is allowed, "
+                                         f"not {text!r}")
+    return text
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
+    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1")
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the convolution, enhancement and training "
                    "parts (for CUDA)")
     p.add_argument("--json", default="benchmarks/results.json", help="where the results go")
     p.add_argument("--quick", action="store_true", help="smoke run: small sizes, one repeat; figures not meaningful")
-    p.add_argument("--repeat", type=int, default=5, help="timed repeats of the short parts (the median is reported)")
-    p.add_argument("--parts", default="ceiling,enhance,test_py,large,train,eval_py", help="comma-separated subset")
+    p.add_argument("--repeat", type=integer(1), default=5, help="timed repeats of the short parts (the median is "
+                   "reported)")
+    p.add_argument("--parts", type=part_names, default="ceiling,enhance,test_py,large,train,eval_py",
+                   help="comma-separated subset")
     p.add_argument("--retinaface_checkpoint", default="checkpoint/Retinaface_mobilenet0.25.pth")
     p.add_argument("--facenet_checkpoint", default="checkpoint/facenet_mobilenet.pth")
     p.add_argument("--vgg_checkpoint", default=None, help="a local VGG16 file (default: random weights)")
@@ -82,6 +82,23 @@ def parse_args(argv=None):
     if args.quick:
         args.repeat = 1
     return args
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer here, before the imports below load torch
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+from nets.enhance import EnhanceNet, enhance, init_weights, training_layout  # noqa: E402
+from nets.face_recognition import FaceRecognitionLoss  # noqa: E402
+from nets.facenet import load_facenet  # noqa: E402
+from nets.losses import LowFaceNetObjective, seg_brightness_loss  # noqa: E402
+from nets.retinaface import load_retinaface  # noqa: E402
+from nets.vgg import load_vgg16, vgg16_trunk  # noqa: E402
+from utils.images import list_images, read_image, to_tensor, to_uint8, write_image  # noqa: E402
+from utils.runtime import keep_freed_memory, median_seconds, resolve_device, timed  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # measuring
@@ -457,7 +474,10 @@ def table(results):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     wanted = args.parts.split(",")
     names = [n for n in PARTS if n in wanted or (n.startswith("large") and "large" in wanted)]
     results = {}
