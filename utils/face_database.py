@@ -147,16 +147,15 @@ def load_encodings(normal_dir, database_dir, encoding_dir, name, detector, facen
         return torch.from_numpy(cached[0]).float().to(device), cached[1]
 
     print(f"building the face database {database_dir} and its encodings in {encoding_dir}")
-    chosen = build_database(normal_dir, database_dir, say=print)
-    if not chosen:
+    if not build_database(normal_dir, database_dir, say=print):
         raise ValueError(f"{normal_dir}: no images to build the face database from")
-    sources = dict(database_images(normal_dir))  # encoded from normal_dir: another run may be refreshing the copies
+    chosen = _chosen(normal_dir)  # encoded from normal_dir itself: another run may be refreshing the copies
     encodings, names = [], []
     for start in tqdm(range(0, len(chosen), batch_size), desc="face database", unit="batch"):
         images, readable = [], []
-        for identity, dst in chosen[start:start + batch_size]:
+        for identity, rel, dst in chosen[start:start + batch_size]:
             try:
-                images.append(read_image(os.path.join(normal_dir, sources[identity])))
+                images.append(read_image(os.path.join(normal_dir, rel)))
                 readable.append((identity, dst))
             except ImageReadError as e:
                 tqdm.write(f"identity {identity} left out of the database: {e}")

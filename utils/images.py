@@ -35,7 +35,7 @@ def list_images(root, say=None):
             path = os.path.join(rel, entry.name)
             try:
                 is_dir, is_file = entry.is_dir(), entry.is_file()
-                special = not (is_dir or is_file) and os.path.exists(entry.path)  # else a broken link
+                special = not (is_dir or is_file) and os.path.exists(entry.path)  # a FIFO, socket or device
             except OSError as e:
                 passed_over.append((path, f"cannot be examined ({e.strerror or e})"))
                 continue
