@@ -76,6 +76,8 @@ def check_args(args):
     """Exit with one line, before any work, when the settings or folders cannot work (utils.checks.check_paths)."""
     if args.start_epoch >= args.epoch_num and not args.resume:
         sys.exit(f"error: --start_epoch {args.start_epoch} is not below --epoch_num {args.epoch_num}: nothing to train")
+    if args.resume_checkpoint and not args.resume:
+        sys.exit("error: --resume_checkpoint is used only with --resume")
     resume = args.resume_checkpoint or os.path.join(args.checkpoint_root, "resume.pth")
     if args.resume and not os.path.isfile(resume):
         sys.exit(f"error: {resume}: no resume point to continue from (--resume); name one with --resume_checkpoint")
@@ -168,17 +170,17 @@ def main(argv=None):
     args = parse_args(argv)
     check_args(args)
     escape_unprintable_names()
+    try:  # first of all: a device this machine lacks is a one-line error
+        rank, world, device = distributed.setup(
+            f"cuda:{args.gpu_id}" if args.gpu_id is not None and args.device == "auto" else args.device)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     keep_freed_memory()
     seed_everything(args.seed)
     deterministic = torch.are_deterministic_algorithms_enabled()
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
         torch.use_deterministic_algorithms(True)
-    try:
-        rank, world, device = distributed.setup(
-            f"cuda:{args.gpu_id}" if args.gpu_id is not None and args.device == "auto" else args.device)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
     log = Log(args.log_path, main=rank == 0)
     stop = {"signal": None}
     handlers = {sig: signal.signal(sig, lambda s, _: stop.update(signal=s)) for sig in (signal.SIGINT, signal.SIGTERM)}

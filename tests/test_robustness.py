@@ -560,6 +560,8 @@ def test_settings_that_cannot_work_together_are_one_line(tmp_path):
                                     "--mode", "scale", "--gamma", "2"]), "error: --gamma applies to --mode gamma only"),
             (lambda: _test_py(tmp_path, "--enhanced_path", str(tmp_path / "o"), "--normal_path", str(tmp_path)),
              "error: --normal_path is used only with --comparison_path"),
+            (lambda: _train(tmp_path, "--resume_checkpoint", str(tmp_path / "in" / "a.png")),
+             "error: --resume_checkpoint is used only with --resume"),
             (lambda: _train(tmp_path, "--start_epoch", "3", "--epoch_num", "3"),
              "error: --start_epoch 3 is not below --epoch_num 3: nothing to train"),
             (lambda: _train(tmp_path, "--resume", "--checkpoint_root", str(tmp_path / "ckpt")),
