@@ -57,7 +57,8 @@ def test_recognition_finds_every_database_copy(root, retinaface_weights, facenet
     assert "top-1 accuracy 100.00% (3/3 images, 3 identities in the database); 0 images without a detected face" in out
     lines = _log_lines(root)
     assert len(lines) == len(before) + 1
-    assert "dataset=CASIA-Test method=Ours top1=100.0000 correct=3 top1_images=3 no_face=0 compat=0 images=3 failed=0" in lines[-1]
+    assert "dataset=CASIA-Test method=Ours top1=100.0000 correct=3 top1_images=3 no_face=0 compat=0 images=3 " \
+           "failed=0" in lines[-1]
 
 
 def test_eval_script_exit_status(root, retinaface_weights, facenet_file):

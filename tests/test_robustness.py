@@ -285,14 +285,16 @@ def _eval(t, *extra):
 
 
 def _train(t, *extra):
-    return train.main(["--dataset_root", str(t / "dataset"), "--contrast_positive_path", str(t / "dataset/Contrast/high"),
-                       "--contrast_negative_path", str(t / "dataset/Contrast/low"), "--log_path", str(t / "log.txt"),
+    return train.main(["--dataset_root", str(t / "dataset"), "--contrast_positive_path",
+                       str(t / "dataset/Contrast/high"), "--contrast_negative_path", str(t / "dataset/Contrast/low"),
+                       "--log_path", str(t / "log.txt"),
                        "--database_root", str(t / "database"), "--encoding_root", str(t / "encoding"), *extra])
 
 
 OUTPUT_ON_INPUT = {  # case: (run the script under tmp, the line it stops with)
     "comparison folder is the input": (lambda t: _test_py(t, "--enhanced_path", str(t / "out"), "--comparison_path",
-                                                          str(t / "in")), r"--comparison_path \S+/in is --underexposed_path"),
+                                                          str(t / "in")),
+                                       r"--comparison_path \S+/in is --underexposed_path"),
     "comparison folder inside the input": (lambda t: _test_py(t, "--enhanced_path", str(t / "out"),
                                                               "--comparison_path", str(t / "in/cmp")),
                                            r"in/cmp lies inside --underexposed_path"),
@@ -921,7 +923,8 @@ def test_pickled_encoding_cache_is_refused_and_rebuilt(tmp_path, lfw_faces, reti
     encoding.mkdir()
     np.save(encoding / "S_encoding.npy", np.array([Bomb(marker)], dtype=object), allow_pickle=True)
     np.save(encoding / "S_name.npy", np.array([ids[0]], dtype=object), allow_pickle=True)
-    files = {kind: hashlib.sha256((encoding / f"S_{kind}.npy").read_bytes()).hexdigest() for kind in ("encoding", "name")}
+    files = {kind: hashlib.sha256((encoding / f"S_{kind}.npy").read_bytes()).hexdigest()
+             for kind in ("encoding", "name")}
     (encoding / "S_fingerprint.json").write_text(json.dumps({**face_database.fingerprint(normal, detector, facenet),
                                                              "files": files}))  # a fingerprint that fits them
 
