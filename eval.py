@@ -8,38 +8,27 @@
 
 Reads dataset/NAME/SOTAs/METHOD. Recognition sets (CASIA-Test, LaPa-Test, LFW): the biggest face of every image
 is matched against the face database of dataset/NAME/normal (utils.face_database, built on first use) by cosine
-similarity; top-1 accuracy over all images, an image without a detected face counting as a miss (--compat: as a
-prediction of identity 0). IQA sets (CelebA-Test, CelebA-Test-2, real, samples): PSNR and SSIM against normal/ (same
-relative path, or the same stem), and UNIQUE when its checkpoint exists. The results are printed and appended
-as one line to --log_path. Files that are not images are passed over with a line each; an image that cannot be
-read or compared gets a line and is left out of the means. Exit status 1 when an image could not be read or compared.
+similarity; top-1 accuracy over all readable images, an image without a detected face counting as a miss (--compat:
+as a prediction of identity 0). IQA sets (CelebA-Test, CelebA-Test-2, real, samples): PSNR and SSIM against normal/
+(same relative path, or the same stem; identical images count as 100 dB), and UNIQUE when its checkpoint exists.
+Each figure is printed with the number of images it covers and appended, with those numbers, as one line to
+--log_path. Entries that are not images are passed over with a line each; an image that cannot be read or compared
+gets a line and is left out of the figures it cannot enter. Exit status 1 when an image could not be read or
+compared.
 """
-import argparse
 import math
 import os
 import sys
 from datetime import datetime
 
-import torch
-from tqdm import tqdm
-
-from nets.face_recognition import cosine_logits, encode_faces
-from nets.facenet import load_facenet
-from nets.retinaface import load_retinaface
-from nets.unique import load_unique, unique_score
-from utils.checkpoint import CheckpointError
-from utils.data import read_ahead
-from utils.face_database import identity_of, load_encodings
-from utils.images import ImageReadError, list_images, read_image, to_tensor
-from utils.metrics import Average, psnr, ssim
-from utils.runtime import keep_freed_memory, resolve_device
+from utils.checks import ArgumentParser, check_paths, device_name, escape_unprintable_names, integer
 
 RECOGNITION_SETS = ("CASIA-Test", "LaPa-Test", "LFW")
 IQA_SETS = ("CelebA-Test", "CelebA-Test-2", "real", "samples")  # samples: the bundled dataset/samples
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dataset_name", choices=RECOGNITION_SETS + IQA_SETS, default="CASIA-Test")
     p.add_argument("--dataset_root", default="dataset")
     p.add_argument("--method_name", default="Ours", help="reads dataset/NAME/SOTAs/METHOD")
@@ -50,13 +39,51 @@ def parse_args(argv=None):
     p.add_argument("--unique_checkpoint", default="checkpoint/unique.pt")
     p.add_argument("--database_root", default="database", help="database/NAME holds the first image of each identity")
     p.add_argument("--encoding_root", default="encoding", help="cached database encodings")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--batch_size", type=int, default=16, help="images per detector/FaceNet forward")
-    p.add_argument("--num_workers", type=int, default=2, help="image decoding threads (FID: its loader's processes)")
+    p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--batch_size", type=integer(1), default=16, help="images per detector/FaceNet forward")
+    p.add_argument("--num_workers", type=integer(0), default=2, help="image decoding threads (FID: its loader's "
+                   "processes)")
     p.add_argument("--compat", action="store_true", help="count an image without a face as identity 0 (published rule)")
     p.add_argument("--lpips", action="store_true", help="also LPIPS (AlexNet) against normal/, needs the lpips package")
     p.add_argument("--fid", action="store_true", help="also FID of the two folders, needs the pytorch_fid package")
     return p.parse_args(argv)
+
+
+def folders(args):
+    """(the enhanced images, the normal-light images) of the data set."""
+    dataset_dir = os.path.join(args.dataset_root, args.dataset_name)
+    return os.path.join(dataset_dir, "SOTAs", args.method_name), os.path.join(dataset_dir, "normal")
+
+
+def check_args(args):
+    """Exit with one line, before any work, when the folders cannot work together (utils.checks.check_paths)."""
+    images_dir, normal_dir = folders(args)
+    recognition = args.dataset_name in RECOGNITION_SETS
+    normal = [("the normal-light images" + (", from which the face database is built" if recognition else ""),
+               normal_dir)]
+    database = ("the face database folder (--database_root)", os.path.join(args.database_root, args.dataset_name))
+    check_paths(reads=[("the enhanced images of --method_name; write them with test.py", images_dir)]
+                + (normal if recognition else []), optional_reads=[] if recognition else normal,
+                writes=[database, ("--encoding_root", args.encoding_root)] if recognition else [],
+                logs=[("--log_path", args.log_path)])
+
+
+if __name__ == "__main__":
+    check_args(parse_args())  # --help and argument errors answer here, before the imports below load torch
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from nets.face_recognition import cosine_logits, encode_faces  # noqa: E402
+from nets.facenet import load_facenet  # noqa: E402
+from nets.retinaface import load_retinaface  # noqa: E402
+from nets.unique import load_unique, unique_score  # noqa: E402
+from utils.checkpoint import CheckpointError  # noqa: E402
+from utils.data import read_ahead  # noqa: E402
+from utils.face_database import identity_of, load_encodings  # noqa: E402
+from utils.images import ImageReadError, list_images, read_image, to_tensor  # noqa: E402
+from utils.metrics import PSNR_CAP, Average, psnr, ssim  # noqa: E402
+from utils.runtime import keep_freed_memory, resolve_device  # noqa: E402
 
 
 class Pairs:
@@ -109,7 +136,7 @@ def evaluate_recognition(args, files, images_dir, normal_dir, device, failed):
         facenet = load_facenet(args.facenet_checkpoint, args.backbone, device)
         encodings, names = load_encodings(
             normal_dir, os.path.join(args.database_root, args.dataset_name), args.encoding_root, args.dataset_name,
-            detector, facenet, args.facenet_checkpoint, device, args.batch_size)
+            detector, facenet, device, args.batch_size)
     except (CheckpointError, ValueError) as e:
         sys.exit(f"error: {e}")
 
@@ -127,9 +154,10 @@ def evaluate_recognition(args, files, images_dir, normal_dir, device, failed):
         no_face += len(good) - len(kept)
         total += len(good)
     rule = "counted as identity 0 (--compat)" if args.compat else "counted as misses"
-    print(f"top-1 accuracy {100 * correct / max(total, 1):.2f}% ({correct}/{total} images, "
+    left_out = f", {len(files) - total} unreadable left out (named above)" if total < len(files) else ""
+    print(f"top-1 accuracy {100 * correct / max(total, 1):.2f}% ({correct}/{total} images{left_out}, "
           f"{len(names)} identities in the database); {no_face} images without a detected face, {rule}")
-    return {"top1": 100 * correct / max(total, 1), "correct": correct, "images": total, "no_face": no_face,
+    return {"top1": 100 * correct / max(total, 1), "correct": correct, "top1_images": total, "no_face": no_face,
             "compat": int(args.compat)}
 
 
@@ -172,7 +200,7 @@ def evaluate_iqa(args, files, images_dir, normal_dir, device, failed):
     loader = read_ahead(Pairs(images_dir, files, normal_dir if has_reference else None, as_tensor=True),
                         args.batch_size, args.num_workers)
     metrics = {name: Average() for name in ("psnr", "ssim", "unique", "lpips")}
-    scored = 0
+    capped = 0  # images whose PSNR is PSNR_CAP: identical to their reference
     for batch in tqdm(loader, total=math.ceil(len(files) / args.batch_size), unit="batch", desc=args.dataset_name):
         for rel, image, ref in batch:
             if isinstance(image, torch.Tensor) and isinstance(ref, torch.Tensor) and ref.shape != image.shape:
@@ -181,53 +209,57 @@ def evaluate_iqa(args, files, images_dir, normal_dir, device, failed):
             if record_failure(failed, image):
                 continue
             record_failure(failed, ref)
-            scored += 1
             x = image.to(device)
             if unique is not None:
                 metrics["unique"].update(unique_score(unique, x, device))
             if not isinstance(ref, torch.Tensor):
                 continue
             y = ref.to(device)
-            metrics["psnr"].update(psnr(x, y).item())
+            value = psnr(x, y).item()
+            metrics["psnr"].update(value)
+            capped += value >= PSNR_CAP
             metrics["ssim"].update(ssim(x[None], y[None]).item())
             if lpips_net is not None:
                 with torch.no_grad():
                     metrics["lpips"].update(lpips_net(x[None] * 2 - 1, y[None] * 2 - 1).item())
-    results = {name: m.get_results() for name, m in metrics.items() if m.count}
+    results = {}
+    for name, m in metrics.items():  # each figure with the number of images it covers
+        if m.count:
+            results.update({name: m.get_results(), f"{name}_images": m.count})
+            note = f"; {len(files) - m.count} left out (named above)" if m.count < len(files) else ""
+            if name == "psnr":
+                results["psnr_capped"] = capped
+                note += f"; {capped} at the {PSNR_CAP:g} dB cap (identical to their reference)"
+            print(f"{name.upper()} {m.get_results():.4f} over {m.count} of {len(files)} images{note}")
     if args.fid and has_reference:
         fid = fid_score(images_dir, normal_dir, args, device)
         if fid is not None:
             results["fid"] = fid
-    results["images"] = scored
-    print("  ".join(f"{name.upper()} {value:.4f}" if isinstance(value, float) else f"{name} {value}"
-                    for name, value in results.items()))
+            print(f"FID {fid:.4f} of the two folders")
     return results
 
 
 def main(argv=None):
     args = parse_args(argv)
-    device = resolve_device(args.device)
+    check_args(args)
+    escape_unprintable_names()
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     keep_freed_memory()
-    dataset_dir = os.path.join(args.dataset_root, args.dataset_name)
-    images_dir = os.path.join(dataset_dir, "SOTAs", args.method_name)
-    normal_dir = os.path.join(dataset_dir, "normal")
-    if not os.path.isdir(images_dir):
-        sys.exit(f"error: {images_dir}: folder of enhanced images not found (write it with test.py)")
-    files, others = list_images(images_dir)
+    images_dir, normal_dir = folders(args)
+    files, _ = list_images(images_dir, say=print)
     if not files:
         sys.exit(f"error: {images_dir}: no image files")
-    for rel in others:
-        print(f"skipped {os.path.join(images_dir, rel)}: not an image file")
     print(f"evaluating {len(files)} images of {images_dir} on {device}")
 
     failed = []
     if args.dataset_name in RECOGNITION_SETS:
-        if not os.path.isdir(normal_dir):
-            sys.exit(f"error: {normal_dir}: normal-light folder not found (the face database is built from it)")
         results = evaluate_recognition(args, files, images_dir, normal_dir, device, failed)
     else:
         results = evaluate_iqa(args, files, images_dir, normal_dir, device, failed)
-    results["failed"] = len(failed)
+    results.update(images=len(files), failed=len(failed))
     if failed:
         print(f"failed images: {len(failed)} (listed above)")
 
@@ -235,7 +267,7 @@ def main(argv=None):
                      f"method={args.method_name}"]
                     + [f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in results.items()])
     os.makedirs(os.path.dirname(os.path.abspath(args.log_path)), exist_ok=True)
-    with open(args.log_path, "a") as f:
+    with open(args.log_path, "a", encoding="utf-8", errors="backslashreplace") as f:
         f.write(line + "\n")
     print(f"appended to {args.log_path}: {line}")
     return 1 if failed else 0

@@ -4,38 +4,30 @@
                    --enhanced_path dataset/CASIA-Test/SOTAs/Ours --enhance_checkpoint checkpoint/Low-FaceNet.pth
 
 Images go in whole (no resizing; very large ones in overlapping tiles with the same result) and are written
-as torchvision's save_image writes them. Nothing is deleted; existing outputs are kept unless --overwrite,
-so an interrupted run resumes by running the same command again. With --comparison_path, a side-by-side
-picture (input | enhanced | normal, when the normal-light image exists) is also written for each image. Files that are not images (.DS_Store,
-Thumbs.db, .txt) are passed over with a line each; an image file that cannot be read or written gets a line and
-the others are still written. Exit status 1 when an image failed or the folder holds no image.
+as torchvision's save_image writes them. With --comparison_path, a side-by-side picture (input | enhanced |
+normal, when the normal-light image exists) is also written for each image. The output folders must lie apart
+from the folders read and from each other. Nothing is deleted; existing outputs are kept unless --overwrite, and
+a rerun writes every output still missing (an interrupted run resumes by running the same command again). Entries
+that are not images (.DS_Store, Thumbs.db, .txt, hidden or unlistable folders) are passed over with a line each;
+an image that cannot be read, or an output that cannot be written, gets a line and the others are still written.
+Exit status 1 when an image failed, an output asked for is missing at the end, or the folder holds no image.
 """
-import argparse
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
-import torch
-from tqdm import tqdm
-
-import nets
-from nets.enhance import enhance
-from utils.checkpoint import CheckpointError
-from utils.data import read_ahead
-from utils.images import ImageReadError, list_images, read_image, side_by_side, to_tensor, to_uint8, write_image
-from utils.runtime import keep_freed_memory, resolve_device
+from utils.checks import ArgumentParser, check_paths, device_name, escape_unprintable_names, integer
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--underexposed_path", default="dataset/CASIA-Test/underexposed", help="folder of low-light images")
     p.add_argument("--enhanced_path", default="dataset/CASIA-Test/SOTAs/Ours", help="output folder")
     p.add_argument("--enhance_checkpoint", default="checkpoint/Low-FaceNet.pth")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--batch_size", type=int, default=1, help="images of equal size enhanced together (1, as "
+    p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--batch_size", type=integer(1), default=1, help="images of equal size enhanced together (1, as "
                    "published, is the fastest on CPUs; 4-16 on GPUs)")
-    p.add_argument("--num_workers", type=int, default=2, help="image decoding threads")
-    p.add_argument("--tile", type=int, default=512, help="images larger than tile x tile go through in tiles "
+    p.add_argument("--num_workers", type=integer(0), default=2, help="image decoding threads")
+    p.add_argument("--tile", type=integer(1), default=512, help="images larger than tile x tile go through in tiles "
                    "(bounded memory: about 1.5 GiB at 512 on a CPU; the result does not depend on it)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (for GPUs; pixels differ from float32 by a "
                    "few levels of 255)")
@@ -44,6 +36,38 @@ def parse_args(argv=None):
     p.add_argument("--normal_path", default=None, help="normal-light images for the pictures (default: the "
                    "input folder's sibling normal/, when there is one)")
     return p.parse_args(argv)
+
+
+def normal_folder(args):
+    """The normal-light images of the comparison pictures: --normal_path, else the input folder's sibling normal/."""
+    return args.normal_path or os.path.join(os.path.dirname(os.path.abspath(args.underexposed_path)), "normal")
+
+
+def check_args(args):
+    """Exit with one line, before any work, when the folders cannot work together (utils.checks.check_paths)."""
+    if args.normal_path and not args.comparison_path:
+        sys.exit("error: --normal_path is used only with --comparison_path")
+    normal = [("--normal_path" if args.normal_path else "the normal-light folder", normal_folder(args))]
+    check_paths(reads=[("--underexposed_path", args.underexposed_path)] + (normal if args.normal_path else []),
+                optional_reads=normal if args.comparison_path and not args.normal_path else [],
+                writes=[("--enhanced_path", args.enhanced_path), ("--comparison_path", args.comparison_path)])
+
+
+if __name__ == "__main__":
+    check_args(parse_args())  # --help and argument errors answer here, before the imports below load torch
+
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import nets  # noqa: E402
+from nets.enhance import enhance  # noqa: E402
+from utils.checkpoint import CheckpointError  # noqa: E402
+from utils.data import read_ahead  # noqa: E402
+from utils.images import (ImageReadError, list_images, read_image, side_by_side, to_tensor, to_uint8,  # noqa: E402
+                          write_image)
+from utils.runtime import keep_freed_memory, resolve_device  # noqa: E402
 
 
 class ImageFiles:
@@ -62,59 +86,78 @@ class ImageFiles:
             return self.files[i], str(e)
 
 
-def check_folders(src, dst):
-    """Refuse an output folder that is the input folder or inside it."""
-    if not os.path.isdir(src):
-        sys.exit(f"error: {src}: input folder not found")
-    src_real, dst_real = os.path.realpath(src), os.path.realpath(dst)
-    if os.path.commonpath([src_real, dst_real]) == src_real:
-        sys.exit(f"error: {dst}: the output folder must not be the input folder or inside it ({src})")
-
-
 def main(argv=None):
     args = parse_args(argv)
-    check_folders(args.underexposed_path, args.enhanced_path)
-    files, others = list_images(args.underexposed_path)
-    for rel in others:
-        print(f"skipped {os.path.join(args.underexposed_path, rel)}: not an image file")
+    check_args(args)
+    escape_unprintable_names()
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    files, passed_over = list_images(args.underexposed_path, say=print)
     if not files:
         sys.exit(f"error: no images found in {args.underexposed_path}")
-    device = resolve_device(args.device)
     keep_freed_memory()
     try:
         model = nets.load("enhance", args.enhance_checkpoint, device)
     except CheckpointError as e:
         sys.exit(f"error: {e}")
+    failed, failed_images = [], set()
+
+    def fail(rel, message):
+        failed.append(message)
+        failed_images.add(rel)
+        tqdm.write(f"failed {message}")
+
     out = lambda rel: os.path.join(args.enhanced_path, rel)
-    todo = [rel for rel in files if args.overwrite or not os.path.exists(out(rel))]
+    picture = lambda rel: os.path.join(args.comparison_path, os.path.splitext(rel)[0] + ".png")
+    asked = {rel: [out(rel)] + ([picture(rel)] if args.comparison_path else []) for rel in files}
+    sharing = {}  # a.jpg and a.png would make the same comparison picture a.png: neither is written
+    for rel in files if args.comparison_path else []:
+        sharing.setdefault(picture(rel), []).append(rel)
+    for path, rels in sharing.items():
+        names = [os.path.join(args.underexposed_path, rel) for rel in rels]
+        for rel, name in zip(rels, names) if len(rels) > 1 else ():
+            fail(rel, f"{path}: not written: it would be the comparison picture of {name} and of "
+                      + ", ".join(other for other in names if other != name))
+    wanted = {rel: [p for p in paths if (args.overwrite or not os.path.isfile(p)) and len(sharing.get(p, [])) < 2]
+              for rel, paths in asked.items()}
+    todo = [rel for rel in files if wanted[rel]]
     existing = len(files) - len(todo)
-    normal_dir = args.normal_path or os.path.join(os.path.dirname(os.path.abspath(args.underexposed_path)), "normal")
+    normal_dir = normal_folder(args)
     print(f"weights: {args.enhance_checkpoint}")
     print(f"enhancing {len(todo)} images from {args.underexposed_path} into {args.enhanced_path} on {device}"
           + (f" ({existing} already there, kept; --overwrite replaces them)" if existing else ""))
 
     loader = read_ahead(ImageFiles(args.underexposed_path, todo), args.batch_size, args.num_workers)
-    failed, pending = [], []
+    pending = []
 
     def finish(job_count):  # collect the oldest writes (bounding memory) and record write errors
         nonlocal written
         for rel, job in pending[:job_count]:
-            try:
-                job.result()
-                written += 1
-            except (OSError, ImageReadError) as e:
-                failed.append(f"{out(rel)}: cannot write ({e})")
-                tqdm.write(f"failed {failed[-1]}")
+            errors = job.result()
+            for message in errors:
+                fail(rel, message)
+            written += not errors
         del pending[:job_count]
 
-    def save(rel, x, enhanced):
-        write_image(enhanced, out(rel))
-        if args.comparison_path:
-            panels = [to_uint8(x), enhanced]
-            normal = os.path.join(normal_dir, rel)
-            if os.path.isfile(normal):
-                panels.append(read_image(normal))
-            write_image(side_by_side(panels), os.path.join(args.comparison_path, os.path.splitext(rel)[0] + ".png"))
+    def save(rel, x, enhanced):  # writes the outputs of rel still wanted; returns a message for each that failed
+        errors = []
+        for path in wanted[rel]:
+            try:
+                if path == out(rel):
+                    write_image(enhanced, path)
+                    continue
+                panels = [to_uint8(x), enhanced]
+                normal = os.path.join(normal_dir, rel)
+                if os.path.isfile(normal):
+                    panels.append(read_image(normal))
+                write_image(side_by_side(panels), path)
+            except ImageReadError as e:
+                errors.append(f"{path}: not written ({e})")
+            except (OSError, ValueError) as e:
+                errors.append(f"{path}: cannot write ({e})")
+        return errors
 
     written = 0
     with ThreadPoolExecutor(max_workers=2) as writer, tqdm(total=len(todo), unit="img") as bar:
@@ -122,8 +165,7 @@ def main(argv=None):
             by_size = {}
             for rel, x in batch:
                 if isinstance(x, str):
-                    failed.append(x)
-                    tqdm.write(f"failed {x}")
+                    fail(rel, x)
                 else:
                     by_size.setdefault(tuple(x.shape), []).append((rel, x))
             for group in by_size.values():
@@ -134,8 +176,14 @@ def main(argv=None):
             finish(max(0, len(pending) - 4 * args.batch_size))
             bar.update(len(batch))
         finish(len(pending))
-    print(f"done: {written} written, {existing} kept, {len(failed)} failed, {len(others)} non-image files passed over")
-    return 1 if failed else 0
+    missing = [(rel, path) for rel in files for path in asked[rel] if not os.path.isfile(path)]
+    for rel, path in missing:
+        if rel not in failed_images:  # the others are named above
+            print(f"missing {path}")
+    print(f"done: {written} written, {existing} kept, {len(failed)} failed, {len(passed_over)} other entries passed "
+          f"over" + (f"; {len(missing)} of the {sum(map(len, asked.values()))} files asked for are missing" if missing
+                     else ""))
+    return 1 if failed or missing else 0
 
 
 if __name__ == "__main__":

@@ -17,43 +17,28 @@ and at each epoch end, both atomically. SIGINT/SIGTERM save a resume point and s
 Every training file is decoded once before training starts; a NaN/Inf loss term or gradient stops training
 with a line naming it before any weight is changed. Errors end in one line, also appended to the log.
 """
-import argparse
 import os
 import random
 import signal
 import sys
 import time
 
-import numpy as np
-import torch
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
-
-import nets
-from nets.enhance import EnhanceNet, init_weights, training_layout
-from nets.face_recognition import FaceRecognitionLoss
-from nets.facenet import load_facenet
-from nets.losses import LowFaceNetObjective
-from nets.retinaface import load_retinaface
-from nets.vgg import load_vgg16
-from utils.checkpoint import CheckpointError, atomic_save, read_checkpoint
-from utils import distributed
-from utils.data import TrainSet
-from utils.face_database import load_encodings
-from utils.runtime import keep_freed_memory, seed_everything
+from utils.checks import (ArgumentParser, check_paths, device_name, escape_unprintable_names, folder_name, integer,
+                          number)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Train the Low-FaceNet enhancement network")
+    p = ArgumentParser(description="Train the Low-FaceNet enhancement network")
     # published flags
-    p.add_argument("--gpu_id", default=None, help="published flag; same as --device cuda:ID")
-    p.add_argument("--start_epoch", type=int, default=0, help="first epoch when resuming from a bare epochN.pth")
-    p.add_argument("--epoch_num", type=int, default=100)
-    p.add_argument("--batch_size", type=int, default=2)
-    p.add_argument("--crop_size", type=int, default=384, help="training images are resized to crop_size x crop_size")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--weight_decay", type=float, default=1e-4)
-    p.add_argument("--dataset_name", default="LaPa-Face")
+    p.add_argument("--gpu_id", type=integer(0), default=None, help="published flag; same as --device cuda:ID")
+    p.add_argument("--start_epoch", type=integer(0), default=0, help="first epoch when resuming from a bare epochN.pth")
+    p.add_argument("--epoch_num", type=integer(1), default=100)
+    p.add_argument("--batch_size", type=integer(1), default=2)
+    p.add_argument("--crop_size", type=integer(32), default=384, help="training images are resized to crop_size x "
+                   "crop_size")
+    p.add_argument("--lr", type=number(0, above=True), default=1e-4)
+    p.add_argument("--weight_decay", type=number(0), default=1e-4)
+    p.add_argument("--dataset_name", type=folder_name, default="LaPa-Face")
     p.add_argument("--contrast_positive_path", default="dataset/Contrast/high")
     p.add_argument("--contrast_negative_path", default="dataset/Contrast/low")
     p.add_argument("--checkpoint_root", default="checkpoint/LLE/")
@@ -70,12 +55,13 @@ def parse_args(argv=None):
     p.add_argument("--retinaface_checkpoint", default="checkpoint/Retinaface_mobilenet0.25.pth")
     p.add_argument("--vgg_checkpoint", default=None, help="local torchvision vgg16 file (default: torchvision's "
                    "ImageNet weights through its cache under TORCH_HOME)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--num_workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--log_every", type=int, default=10, help="iterations between log lines")
-    p.add_argument("--save_every", type=int, default=500, help="iterations between resume points")
-    p.add_argument("--max_iters", type=int, default=None, help="stop after this many iterations in all (tests, trials)")
+    p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--num_workers", type=integer(0), default=2)
+    p.add_argument("--seed", type=integer(0, 2 ** 32 - 1), default=1)
+    p.add_argument("--log_every", type=integer(1), default=10, help="iterations between log lines")
+    p.add_argument("--save_every", type=integer(1), default=500, help="iterations between resume points")
+    p.add_argument("--max_iters", type=integer(1), default=None, help="stop after this many iterations in all "
+                   "(tests, trials)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA; also accepted on the CPU); the "
                    "ratio losses, the smoothness weights and the cosine similarities stay in float32")
     p.add_argument("--memory_format", default="auto", choices=["auto", "channels_last", "contiguous"],
@@ -84,6 +70,46 @@ def parse_args(argv=None):
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels only (bit-reproducible runs "
                    "and resumes on one device; slower on CUDA)")
     return p.parse_args(argv)
+
+
+def check_args(args):
+    """Exit with one line, before any work, when the settings or folders cannot work (utils.checks.check_paths)."""
+    if args.start_epoch >= args.epoch_num and not args.resume:
+        sys.exit(f"error: --start_epoch {args.start_epoch} is not below --epoch_num {args.epoch_num}: nothing to train")
+    if args.resume_checkpoint and not args.resume:
+        sys.exit("error: --resume_checkpoint is used only with --resume")
+    resume = args.resume_checkpoint or os.path.join(args.checkpoint_root, "resume.pth")
+    if args.resume and not os.path.isfile(resume):
+        sys.exit(f"error: {resume}: no resume point to continue from (--resume); name one with --resume_checkpoint")
+    data_dir = os.path.join(args.dataset_root, args.dataset_name)
+    reads = [(f"the training set's {sub} (--dataset_name)", os.path.join(data_dir, sub))
+             for sub in ("underexposed", "normal", "seg")]
+    reads += [(flag, getattr(args, flag[2:])) for flag in ("--contrast_positive_path", "--contrast_negative_path")]
+    database = ("the face database folder (--database_root)", os.path.join(args.database_root, args.dataset_name))
+    check_paths(reads=reads, writes=[("--checkpoint_root", args.checkpoint_root), database,
+                                     ("--encoding_root", args.encoding_root)], logs=[("--log_path", args.log_path)])
+
+
+if __name__ == "__main__":
+    check_args(parse_args())  # --help and argument errors answer here, before the imports below load torch
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
+
+import nets  # noqa: E402
+from nets.enhance import EnhanceNet, init_weights, training_layout  # noqa: E402
+from nets.face_recognition import FaceRecognitionLoss  # noqa: E402
+from nets.facenet import load_facenet  # noqa: E402
+from nets.losses import LowFaceNetObjective  # noqa: E402
+from nets.retinaface import load_retinaface  # noqa: E402
+from nets.vgg import load_vgg16  # noqa: E402
+from utils.checkpoint import CheckpointError, atomic_save, check_finite, read_checkpoint  # noqa: E402
+from utils import distributed  # noqa: E402
+from utils.data import TrainSet  # noqa: E402
+from utils.face_database import load_encodings  # noqa: E402
+from utils.runtime import keep_freed_memory, seed_everything  # noqa: E402
 
 
 class Log:
@@ -97,13 +123,13 @@ class Log:
     def __call__(self, line):
         if self.main:
             print(line, flush=True)
-            with open(self.path, "a") as f:
+            with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as f:
                 f.write(line + "\n")
 
     def fail(self, message):
         """Appends 'error: message' to the log file and exits with it (status 1)."""
         if self.main:
-            with open(self.path, "a") as f:
+            with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as f:
                 f.write(f"error: {message}\n")
         sys.exit(f"error: {message}")
 
@@ -142,14 +168,19 @@ def leave_signals_to_main(_):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_args(args)
+    escape_unprintable_names()
+    try:  # first of all: a device this machine lacks is a one-line error
+        rank, world, device = distributed.setup(
+            f"cuda:{args.gpu_id}" if args.gpu_id is not None and args.device == "auto" else args.device)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     keep_freed_memory()
     seed_everything(args.seed)
     deterministic = torch.are_deterministic_algorithms_enabled()
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
         torch.use_deterministic_algorithms(True)
-    rank, world, device = distributed.setup(
-        f"cuda:{args.gpu_id}" if args.gpu_id is not None and args.device == "auto" else args.device)
     log = Log(args.log_path, main=rank == 0)
     stop = {"signal": None}
     handlers = {sig: signal.signal(sig, lambda s, _: stop.update(signal=s)) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -166,11 +197,7 @@ def train(args, log, stop, rank, world, device):
     main_process = rank == 0
 
     # ---- face database, data ----
-    data_dir = os.path.join(args.dataset_root, args.dataset_name)
-    for folder in [os.path.join(data_dir, sub) for sub in ("underexposed", "normal", "seg")] + \
-            [args.contrast_positive_path, args.contrast_negative_path]:
-        if not os.path.isdir(folder):
-            log.fail(f"{folder}: folder not found")
+    data_dir = os.path.join(args.dataset_root, args.dataset_name)  # its folders are checked by check_args
     try:
         detector = load_retinaface(args.retinaface_checkpoint, device)
         facenet = load_facenet(args.facenet_checkpoint, args.backbone, device)
@@ -178,7 +205,7 @@ def train(args, log, stop, rank, world, device):
             if main_process == turn:
                 encodings, names = load_encodings(
                     os.path.join(data_dir, "normal"), os.path.join(args.database_root, args.dataset_name),
-                    args.encoding_root, args.dataset_name, detector, facenet, args.facenet_checkpoint, device)
+                    args.encoding_root, args.dataset_name, detector, facenet, device)
                 train_set = TrainSet(data_dir, names, args.crop_size, args.contrast_positive_path,
                                      args.contrast_negative_path, args.seed)
                 unreadable = train_set.unreadable() if main_process else []
@@ -210,6 +237,7 @@ def train(args, log, stop, rank, world, device):
                 if written != (len(train_set), args.batch_size, args.seed, world):  # they fix the data order
                     log.fail(f"{path}: written for (images, batch_size, seed, processes) = {written}, this run has "
                              f"{(len(train_set), args.batch_size, args.seed, world)}; resume with the same data and settings")
+                check_finite(state["model"], f"{path}: model")
                 model.load_state_dict(state["model"])
                 optimizer.load_state_dict(state["optimizer"])
                 epoch, start_batch = state["epoch"], state["batch"]

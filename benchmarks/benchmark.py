@@ -44,12 +44,52 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn as nn
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from utils.checks import ArgumentParser, device_name, integer  # noqa: E402
+
+TEST_RETINAFACE = ROOT / "tests" / "weights" / "Retinaface_mobilenet0.25.pth"  # the published detector
+ENHANCE_MACS_PER_PIXEL = 458_928
+PART_NAMES = ("ceiling", "enhance", "test_py", "large", "large_4096x4096", "large_6000x4000", "train", "eval_py")
+
+
+def part_names(text):
+    """argparse type: a comma-separated subset of PART_NAMES ('large' is both large images)."""
+    if not text or not set(text.split(",")) <= set(PART_NAMES):
+        raise argparse.ArgumentTypeError(f"a comma-separated subset of {','.join(PART_NAMES)} is allowed, "
+                                         f"not {text!r}")
+    return text
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast for the convolution, enhancement and training "
+                   "parts (for CUDA)")
+    p.add_argument("--json", default="benchmarks/results.json", help="where the results go")
+    p.add_argument("--quick", action="store_true", help="smoke run: small sizes, one repeat; figures not meaningful")
+    p.add_argument("--repeat", type=integer(1), default=5, help="timed repeats of the short parts (the median is "
+                   "reported)")
+    p.add_argument("--parts", type=part_names, default="ceiling,enhance,test_py,large,train,eval_py",
+                   help="comma-separated subset")
+    p.add_argument("--retinaface_checkpoint", default="checkpoint/Retinaface_mobilenet0.25.pth")
+    p.add_argument("--facenet_checkpoint", default="checkpoint/facenet_mobilenet.pth")
+    p.add_argument("--vgg_checkpoint", default=None, help="a local VGG16 file (default: random weights)")
+    p.add_argument("--faces", default=None, help="face photos in LFW layout (NAME/NAME_NNNN.jpg) for the training "
+                   "batch and eval.py (default: utils.face_photos' synthetic photos)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.repeat = 1
+    return args
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer here, before the imports below load torch
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
 
 from nets.enhance import EnhanceNet, enhance, init_weights, training_layout  # noqa: E402
 from nets.face_recognition import FaceRecognitionLoss  # noqa: E402
@@ -60,29 +100,6 @@ from nets.vgg import load_vgg16, vgg16_trunk  # noqa: E402
 from utils.face_photos import make_face_photos  # noqa: E402
 from utils.images import list_images, read_image, to_tensor, to_uint8, write_image  # noqa: E402
 from utils.runtime import keep_freed_memory, median_seconds, resolve_device, timed  # noqa: E402
-
-TEST_RETINAFACE = ROOT / "tests" / "weights" / "Retinaface_mobilenet0.25.pth"  # the published detector
-ENHANCE_MACS_PER_PIXEL = 458_928
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast for the convolution, enhancement and training "
-                   "parts (for CUDA)")
-    p.add_argument("--json", default="benchmarks/results.json", help="where the results go")
-    p.add_argument("--quick", action="store_true", help="smoke run: small sizes, one repeat; figures not meaningful")
-    p.add_argument("--repeat", type=int, default=5, help="timed repeats of the short parts (the median is reported)")
-    p.add_argument("--parts", default="ceiling,enhance,test_py,large,train,eval_py", help="comma-separated subset")
-    p.add_argument("--retinaface_checkpoint", default="checkpoint/Retinaface_mobilenet0.25.pth")
-    p.add_argument("--facenet_checkpoint", default="checkpoint/facenet_mobilenet.pth")
-    p.add_argument("--vgg_checkpoint", default=None, help="a local VGG16 file (default: random weights)")
-    p.add_argument("--faces", default=None, help="face photos in LFW layout (NAME/NAME_NNNN.jpg) for the training "
-                   "batch and eval.py (default: utils.face_photos' synthetic photos)")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.repeat = 1
-    return args
 
 # -----------------------------------------------------------------------------
 # measuring
@@ -344,8 +361,7 @@ def part_eval_py(args, device, tmp):
               "--database_root", os.path.join(tmp, "database"), "--encoding_root", os.path.join(tmp, "encoding")]
     with quiet():  # the face database is built beforehand, as a real evaluation finds it after its first run
         load_encodings(str(data / "normal"), os.path.join(tmp, "database", "LFW"), os.path.join(tmp, "encoding"),
-                       "LFW", load_retinaface(retinaface, device), load_facenet(facenet_path, device=device),
-                       facenet_path, device)
+                       "LFW", load_retinaface(retinaface, device), load_facenet(facenet_path, device=device), device)
         argv = ["--dataset_name", "LFW", "--dataset_root", os.path.join(tmp, "dataset"), "--method_name", "Ours",
                 "--device", str(device), "--log_path", os.path.join(tmp, "eval.txt"), *common]
         code, t = timed(lambda: eval_script.main(argv), device)
@@ -459,7 +475,10 @@ def table(results):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     wanted = args.parts.split(",")
     names = [n for n in PARTS if n in wanted or (n.startswith("large") and "large" in wanted)]
     results = {}

@@ -12,20 +12,41 @@ plus noise (seeded). Figures per set, averaged over its images:
 The bar for demo weights: PSNR and SSIM above CLAHE's and PSNR at least 3 dB above the dark input's, colour shifts
 under 5, and at least as many faces as in the dark input.
 """
-import argparse
 import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import torch
-from skimage.color import rgb2lab
-from skimage.exposure import equalize_adapthist
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from utils.checks import ArgumentParser, device_name, integer  # noqa: E402
+
+TEST_RETINAFACE = ROOT / "tests" / "weights" / "Retinaface_mobilenet0.25.pth"  # the published detector
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--enhance_checkpoint", nargs="+", default=["checkpoint/Low-FaceNet.pth"],
+                   help="one or more enhancement weight files to compare")
+    p.add_argument("--samples", default="dataset/samples")
+    p.add_argument("--faces", default=None, help="face photos (NAME/NAME_NNNN.jpg); default: synthetic ones")
+    p.add_argument("--retinaface_checkpoint", default="checkpoint/Retinaface_mobilenet0.25.pth",
+                   help="the published detector (falls back to the copy the tests carry)")
+    p.add_argument("--device", type=device_name, default="auto")
+    p.add_argument("--json", default="benchmarks/demo_quality.json")
+    p.add_argument("--seed", type=integer(0), default=1)
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer here, before the imports below load torch
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from skimage.color import rgb2lab  # noqa: E402
+from skimage.exposure import equalize_adapthist  # noqa: E402
+
 import nets  # noqa: E402
 from nets.enhance import enhance  # noqa: E402
 from nets.retinaface import load_retinaface  # noqa: E402
@@ -34,22 +55,6 @@ from utils.images import list_images, read_image, to_tensor, to_uint8  # noqa: E
 from utils.lowlight import darken, image_rng  # noqa: E402
 from utils.metrics import psnr, ssim  # noqa: E402
 from utils.runtime import resolve_device  # noqa: E402
-
-TEST_RETINAFACE = ROOT / "tests" / "weights" / "Retinaface_mobilenet0.25.pth"  # the published detector
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--enhance_checkpoint", nargs="+", default=["checkpoint/Low-FaceNet.pth"],
-                   help="one or more enhancement weight files to compare")
-    p.add_argument("--samples", default="dataset/samples")
-    p.add_argument("--faces", default=None, help="face photos (NAME/NAME_NNNN.jpg); default: synthetic ones")
-    p.add_argument("--retinaface_checkpoint", default="checkpoint/Retinaface_mobilenet0.25.pth",
-                   help="the published detector (falls back to the copy the tests carry)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", default="benchmarks/demo_quality.json")
-    p.add_argument("--seed", type=int, default=1)
-    return p.parse_args(argv)
 
 
 def image_sets(args, faces):
@@ -96,7 +101,10 @@ def meets_bar(f, figures):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     retinaface = args.retinaface_checkpoint
     if not os.path.isfile(retinaface):
         retinaface = str(TEST_RETINAFACE)

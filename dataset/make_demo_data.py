@@ -21,7 +21,6 @@ Writes, seeded and bit-reproducible (existing files are kept):
   checkpoint/demo_facenet_random.pth   stand-in for the FaceNet weights: random (seeded). With one identity
       the face loss is log(1) = 0, so these weights do not change training.
 """
-import argparse
 import os
 import sys
 
@@ -35,6 +34,7 @@ sys.path.insert(0, ROOT)
 from nets.facenet import FaceNet  # noqa: E402
 from nets.vgg import vgg16_trunk  # noqa: E402
 from utils.checkpoint import atomic_save  # noqa: E402
+from utils.checks import ArgumentParser, integer  # noqa: E402
 from utils.images import write_image  # noqa: E402
 from utils.lowlight import darken  # noqa: E402
 
@@ -65,10 +65,10 @@ def write_new(pixels, path):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--images", type=int, default=200, help="training images")
-    p.add_argument("--contrast", type=int, default=100, help="positives and negatives each")
-    p.add_argument("--seed", type=int, default=1)
+    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--images", type=integer(1), default=200, help="training images")
+    p.add_argument("--contrast", type=integer(1), default=100, help="positives and negatives each")
+    p.add_argument("--seed", type=integer(0), default=1)
     args = p.parse_args()
     rng = np.random.default_rng(args.seed)
     train = os.path.join(ROOT, "dataset", "Demo-Astronaut")

@@ -39,9 +39,9 @@ def face_angle(landmarks):
 
 
 def _letterbox_size(h, w, size=FACE_SIZE):
-    """(nh, nw): the aspect-kept size inside size x size, int() as the published letterbox."""
+    """(nh, nw): the aspect-kept size inside size x size, int() as the published letterbox, at least 1."""
     s = min(size / w, size / h)
-    return int(h * s), int(w * s)
+    return max(1, int(h * s)), max(1, int(w * s))
 
 
 def align_face_numpy(image_rgb_uint8, det_row, size=FACE_SIZE):
@@ -49,12 +49,14 @@ def align_face_numpy(image_rgb_uint8, det_row, size=FACE_SIZE):
 
     As the published encoder: the box is rounded to the nearest pixel (clipped at 0), the crop rotated in
     float32 about (w//2, h//2) (cv2 bilinear, black border), truncated to uint8, letterboxed with cv2.resize
-    onto grey 128, divided by 255.
+    onto grey 128, divided by 255. None when the rounded box holds no pixel (a sliver of a face at a border).
     """
     row = _floats(det_row)
     x1, y1, x2, y2 = (max(0, round(v)) for v in row[:4])
     crop = np.asarray(image_rgb_uint8)[y1:y2, x1:x2].astype(np.float32)
     h, w = crop.shape[:2]
+    if h == 0 or w == 0:
+        return None
     rotation = cv2.getRotationMatrix2D((w // 2, h // 2), face_angle(row[5:]), 1)
     crop = cv2.warpAffine(crop, rotation, (w, h)).astype(np.uint8)
     nh, nw = _letterbox_size(h, w, size)
@@ -80,6 +82,8 @@ def align_faces(images, det_rows, size=FACE_SIZE):
         x1, y1, x2, y2 = (max(0, int(v)) for v in row[:4])
         crop = images[i:i + 1, :, y1:y2, x1:x2]
         h, w = crop.shape[-2:]
+        if h == 0 or w == 0:  # a box beyond the image's border: no face to crop
+            continue
         crop = TF.rotate(crop, face_angle(row[5:]), InterpolationMode.BILINEAR, center=[w // 2, h // 2])
         nh, nw = _letterbox_size(h, w, size)
         crop = TF.resize(crop, [nh, nw], InterpolationMode.BILINEAR, antialias=True)
@@ -146,8 +150,9 @@ def encode_faces(images_rgb_uint8_list, detector, facenet, device, batch_size=32
         faces = []
         for offset, (image, dets) in enumerate(zip(chunk, detector.detect(chunk))):
             row = biggest_face(dets)
-            if row is not None:
-                faces.append(align_face_numpy(image, row))
+            face = None if row is None else align_face_numpy(image, row)
+            if face is not None:
+                faces.append(face)
                 kept.append(start + offset)
         if faces:
             encodings.append(facenet(torch.cat(faces).to(device)).float().cpu())

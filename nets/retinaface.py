@@ -166,9 +166,9 @@ class FaceDetector:
         self.mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1)
 
     def _fit(self, h, w):
-        """Letterboxed (nh, nw) as the published code: int() of the scaled size."""
+        """Letterboxed (nh, nw) as the published code: int() of the scaled size, at least 1 (a 2000x2 image)."""
         s = min(self.size / w, self.size / h)
-        return int(h * s), int(w * s)
+        return max(1, int(h * s)), max(1, int(w * s))
 
     def preprocess(self, images):
         """(Bx3xSxS float32 network input on self.device, [(h, w)] original sizes).

@@ -40,7 +40,7 @@ def vgg16_trunk():
 def load_vgg16(path=None, device="cpu"):
     """VGG16 trunk with ImageNet weights: torchvision's own download/cache (TORCH_HOME) by default,
     or a local file (torchvision's full vgg16 state dict, or features.0..22 only) for offline machines."""
-    from utils.checkpoint import CheckpointError, check_state_dict, read_checkpoint, unwrap_state_dict
+    from utils.checkpoint import CheckpointError, check_finite, check_state_dict, read_checkpoint, unwrap_state_dict
     if path is None:
         from torchvision.models import VGG16_Weights
         try:
@@ -57,5 +57,6 @@ def load_vgg16(path=None, device="cpu"):
         raise CheckpointError(f"{path}: expected a bare state dict of torchvision's vgg16") from None
     state = {k: v for k, v in state.items() if k.startswith("features.") and int(k.split(".")[1]) < TAPS[-1]}
     check_state_dict(trunk, state, f"{path}: expected torchvision's vgg16 state dict (features.0..22)")
+    check_finite(state, path)
     trunk.load_state_dict(state)
     return trunk.to(device)

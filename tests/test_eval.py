@@ -57,7 +57,8 @@ def test_recognition_finds_every_database_copy(root, retinaface_weights, facenet
     assert "top-1 accuracy 100.00% (3/3 images, 3 identities in the database); 0 images without a detected face" in out
     lines = _log_lines(root)
     assert len(lines) == len(before) + 1
-    assert "dataset=CASIA-Test method=Ours top1=100.0000 correct=3 images=3 no_face=0 compat=0 failed=0" in lines[-1]
+    assert "dataset=CASIA-Test method=Ours top1=100.0000 correct=3 top1_images=3 no_face=0 compat=0 images=3 " \
+           "failed=0" in lines[-1]
 
 
 def test_eval_script_exit_status(root, retinaface_weights, facenet_file):
@@ -74,7 +75,7 @@ def test_faceless_and_unreadable_images(root, retinaface_weights, facenet_file, 
     out = capsys.readouterr().out
     assert f"top-1 accuracy {accuracy} images" in out and "1 images without a detected face" in out
     assert f"{IDS[1]}_0009.jpg: cannot read image" in out and "failed images: 1" in out
-    assert f"no_face=1 compat={int(compat)} failed=1" in _log_lines(root)[-1]
+    assert f"top1_images=4 no_face=1 compat={int(compat)} images=5 failed=1" in _log_lines(root)[-1]
 
 
 def test_unknown_identity_is_a_clear_error(root, retinaface_weights, facenet_file):
@@ -106,7 +107,8 @@ def test_iqa_identical_and_offset_images(tmp_path, capsys):
             "--log_path", str(tmp_path / "eval.txt"), "--unique_checkpoint", str(tmp_path / "absent.pt"), "--device", "cpu"]
 
     assert evaluate.main(argv + ["--method_name", "Same"]) == 0
-    assert "psnr=inf ssim=1.0000 images=2 failed=0" in (tmp_path / "eval.txt").read_text()
+    assert "psnr=100.0000 psnr_images=2 psnr_capped=2 ssim=1.0000 ssim_images=2 images=2 failed=0" in \
+        (tmp_path / "eval.txt").read_text()  # identical images: PSNR capped at 100 dB
     assert "UNIQUE skipped" in capsys.readouterr().out
 
     assert evaluate.main(argv + ["--method_name", "Offset", "--lpips", "--fid"]) == 0
@@ -127,7 +129,9 @@ def test_iqa_missing_or_mismatched_reference_is_counted(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "extra.png: no reference image of that name" in out
     assert "1.png: size (32, 48) differs from its reference's (40, 48)" in out
-    assert "psnr=inf ssim=1.0000 images=3 failed=2" in (tmp_path / "eval.txt").read_text()
+    assert "PSNR 100.0000 over 1 of 3 images; 2 left out (named above); 1 at the 100 dB cap" in out
+    assert "psnr=100.0000 psnr_images=1 psnr_capped=1 ssim=1.0000 ssim_images=1 images=3 failed=2" in \
+        (tmp_path / "eval.txt").read_text()
 
 
 def test_real_set_without_references(tmp_path, capsys):

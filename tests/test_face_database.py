@@ -73,14 +73,15 @@ def test_encodings_built_reused_and_rebuilt_on_change(tmp_path, face_photos, det
     copy_faces(face_photos, normal, IDS, 2, flat=True)
     facenet_copy = tmp_path / "facenet.pth"
     shutil.copyfile(facenet_file, facenet_copy)
-    load = lambda net: load_encodings(normal, database, encoding, "Set", detector, net, facenet_copy, "cpu", 8)
+    load = lambda net: load_encodings(normal, database, encoding, "Set", detector, net, "cpu", 8)
 
     first, names = load(facenet)
     assert names == list(IDS) and first.shape == (3, 128) and first.dtype == torch.float32
     assert encode_calls == [3]
     assert np.load(encoding / "Set_name.npy", allow_pickle=False).tolist() == list(IDS)
     assert np.load(encoding / "Set_encoding.npy", allow_pickle=False).shape == (3, 128)
-    assert set(json.loads((encoding / "Set_fingerprint.json").read_text())) == {"database", "facenet"}
+    assert set(json.loads((encoding / "Set_fingerprint.json").read_text())) == \
+        {"format", "database", "detector", "facenet", "alignment", "files"}
 
     again, names_again = load(facenet)  # unchanged inputs: read from the cache
     assert encode_calls == [3] and names_again == names and torch.equal(again, first)
@@ -101,12 +102,12 @@ def test_encodings_built_reused_and_rebuilt_on_change(tmp_path, face_photos, det
     assert encode_calls == [3, 3, 3] and not torch.allclose(rebuilt, changed)
 
 
-def test_identity_without_face_is_left_out(tmp_path, face_photos, detector, facenet, facenet_file, capsys):
+def test_identity_without_face_is_left_out(tmp_path, face_photos, detector, facenet, capsys):
     normal = tmp_path / "normal"
     copy_faces(face_photos, normal, IDS[:2], 1)
     (normal / "Blank").mkdir()
     Image.new("RGB", (120, 120), (128, 128, 128)).save(normal / "Blank" / "Blank_0001.png")
-    args = (detector, facenet, facenet_file, "cpu")
+    args = (detector, facenet, "cpu")
 
     encodings, names = load_encodings(normal, tmp_path / "db", tmp_path / "enc", "S", *args)
     assert names == list(IDS[:2]) and encodings.shape == (2, 128)

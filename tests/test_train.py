@@ -59,7 +59,7 @@ def fixed_batch(tiny_dataset, tmp_path, facenet_file, retinaface_weights, vgg_fi
     facenet = load_facenet(facenet_file)
     face_set = tiny_dataset / "LaPa-Face"
     encodings, names = load_encodings(str(face_set / "normal"), str(tmp_path / "db"), str(tmp_path / "enc"),
-                                      "LaPa-Face", detector, facenet, str(facenet_file), "cpu")
+                                      "LaPa-Face", detector, facenet, "cpu")
     data = TrainSet(str(face_set), names, 128, str(tiny_dataset / "Contrast/high"), str(tiny_dataset / "Contrast/low"))
     objective = LowFaceNetObjective(load_vgg16(vgg_file), FaceRecognitionLoss(detector, facenet, encodings))
     return objective, torch.utils.data.default_collate([data[0], data[3]])

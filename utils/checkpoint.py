@@ -1,5 +1,8 @@
 """Checkpoint I/O: one loader for every published format, and atomic writes."""
+import hashlib
 import os
+import pickle
+import re
 import tempfile
 
 import torch
@@ -18,9 +21,23 @@ def read_checkpoint(path, source_hint=""):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle with code, truncated zip, not a checkpoint at all
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"{path}: not a readable weights-only PyTorch checkpoint ({first[:200]})") from None
+        raise CheckpointError(f"{path}: not a readable weights-only PyTorch checkpoint ({_reason(e)})") from None
+
+
+def _reason(e):
+    """torch.load's error in one line, in whole sentences: for a pickle that needs code, the global it names and
+    PyTorch's warning that a full load can result in arbitrary code execution; otherwise its first line."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # PyTorch's messages hold terminal colour codes
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    if isinstance(e, pickle.UnpicklingError):
+        sentences = [s for line in lines for s in re.split(r"(?<=\.)\s+", line)]
+        named = [s.split("error: ", 1)[1] for s in sentences if s.startswith("WeightsUnpickler error: ")]
+        warning = [s for s in sentences if "arbitrary code" in s or "trusted source" in s]
+        if named or warning:
+            return " ".join(named[:1] + warning)
+    return lines[0] if isinstance(e, RuntimeError) else f"{type(e).__name__}: {lines[0]}"
 
 
 def unwrap_state_dict(obj, container="bare", strip_prefix=""):
@@ -51,6 +68,7 @@ def load_weights(model, path, container="bare", strip_prefix="", ignore_prefixes
         raise CheckpointError(f"{path}: expected {kind} of {type(model).__name__}, found {_describe(obj)}") from None
     state = {k: v for k, v in state.items() if not k.startswith(tuple(ignore_prefixes))} if ignore_prefixes else state
     check_state_dict(model, state, f"{path}: expected {kind} of {type(model).__name__}")
+    check_finite(state, path)
     model.load_state_dict(state, strict=True)
     return model
 
@@ -72,6 +90,24 @@ def check_state_dict(model, state, what):
             raise CheckpointError(f"{what}; key {k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}")
 
 
+def check_finite(state, where):
+    """Raise CheckpointError naming the first floating-point tensor of a state dict that holds NaN or Inf."""
+    for k, v in state.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{where}: tensor {k} holds NaN or infinite values (diverged or damaged weights, "
+                                  "which give black or meaningless outputs)")
+
+
+def weights_sha256(model):
+    """sha256 of a network's state dict (names, dtypes, shapes and values, whatever the device or memory layout)."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu().contiguous()
+        h.update(f"{k}\0{v.dtype}\0{tuple(v.shape)}\0".encode())
+        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def _describe(obj):
     if isinstance(obj, dict):
         return f"a dict with keys {list(obj)[:5]}"
@@ -88,7 +124,7 @@ def atomic_write(path, write):
     path = str(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")  # a short name: `path`'s own may be near the 255-byte limit
     try:
         with os.fdopen(fd, "wb") as f:
             os.chmod(tmp, 0o666 & ~_UMASK)  # the permissions of a plain open(), not mkstemp's 0600

@@ -3,19 +3,19 @@
     python -m utils.lowlight --normal_path dataset/CASIA-Test/normal \
                              --underexposed_path dataset/CASIA-Test/underexposed --mode gamma --seed 1
 
-The output folder mirrors the input (names, extensions and sub-folders kept). Each image gets its own random
-stream, seeded by --seed and its relative path, so a resumed or partial run gives the same pixels. Existing
-outputs are kept unless --overwrite. Files that are not images are passed over with a line each. Exit status 1
-when an image could not be read or written, or the folder holds no image.
+The output folder mirrors the input (names, extensions and sub-folders kept); it must lie apart from the input
+folder (not the same, not inside it, not containing it). Each image gets its own random stream, seeded by --seed
+and its relative path, so a resumed or partial run gives the same pixels. Existing outputs are kept unless
+--overwrite. Entries that are not images are passed over with a line each. Exit status 1 when an image could not
+be read or written, or the folder holds no image.
 """
-import argparse
 import hashlib
 import os
 import sys
 
 import numpy as np
 
-from utils.images import ImageReadError, list_images, read_image, write_image
+from utils.checks import ArgumentParser, check_paths, escape_unprintable_names, integer, number
 
 GAMMA_RANGE = (2.15, 2.25)
 NOISE_STD_RANGE = (0.26, 0.30)  # 0..255 units
@@ -44,36 +44,50 @@ def darken(image, rng, mode="gamma", gamma=None, noise_std=None, scale=None):
 
 def image_rng(seed, rel_path):
     """A random stream of its own for each image: seeded by the run's seed and the image's relative path."""
-    digest = hashlib.sha256(rel_path.replace(os.sep, "/").encode()).digest()
+    digest = hashlib.sha256(os.fsencode(rel_path.replace(os.sep, "/"))).digest()
     return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--normal_path", required=True, help="folder of normal-light images (flat or sub-folders)")
-    p.add_argument("--underexposed_path", required=True, help="output folder")
+    p.add_argument("--underexposed_path", required=True, help="output folder, apart from --normal_path")
     p.add_argument("--mode", choices=["gamma", "scale"], default="gamma")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--gamma", type=float, help="fixed gamma instead of a draw from [2.15, 2.25]")
-    p.add_argument("--noise_std", type=float, help="fixed noise std (0..255 units) instead of [0.26, 0.30]")
-    p.add_argument("--scale", type=float, help="fixed factor instead of a draw from [0.35, 0.45]")
+    p.add_argument("--seed", type=integer(0), default=1)
+    p.add_argument("--gamma", type=number(0, above=True), help="fixed gamma instead of a draw from [2.15, 2.25]")
+    p.add_argument("--noise_std", type=number(0), help="fixed noise std (0..255 units) instead of [0.26, 0.30]")
+    p.add_argument("--scale", type=number(0, 1, above=True), help="fixed factor in (0, 1] instead of a draw from "
+                   "[0.35, 0.45]")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return p.parse_args(argv)
 
 
+def check_args(args):
+    """Exit with one line when a setting does not apply to --mode, or the folders cannot work together."""
+    unused = [flag for flag, mode in (("gamma", "gamma"), ("noise_std", "gamma"), ("scale", "scale"))
+              if getattr(args, flag) is not None and args.mode != mode]
+    if unused:
+        sys.exit(f"error: --{unused[0]} applies to --mode {'scale' if args.mode == 'gamma' else 'gamma'} only")
+    check_paths(reads=[("--normal_path", args.normal_path)], writes=[("--underexposed_path", args.underexposed_path)])
+
+
+if __name__ == "__main__":
+    check_args(parse_args())  # --help and argument errors answer here, before the imports below load torch and cv2
+
+from utils.images import ImageReadError, list_images, read_image, write_image  # noqa: E402
+
+
 def main(argv=None):
     args = parse_args(argv)
-    if not os.path.isdir(args.normal_path):
-        sys.exit(f"error: {args.normal_path}: input folder not found")
-    files, others = list_images(args.normal_path)
-    for rel in others:
-        print(f"skipped {os.path.join(args.normal_path, rel)}: not an image file")
+    check_args(args)
+    escape_unprintable_names()
+    files, _ = list_images(args.normal_path, say=print)
     if not files:
         sys.exit(f"error: no images found in {args.normal_path}")
     written, kept, failed = 0, 0, 0
     for rel in files:
         out = os.path.join(args.underexposed_path, rel)
-        if os.path.exists(out) and not args.overwrite:
+        if os.path.isfile(out) and not args.overwrite:
             kept += 1
             continue
         try:

@@ -5,10 +5,13 @@ import torch
 import torch.nn.functional as F
 
 
+PSNR_CAP = 100.0  # dB: identical images (MSE 0) count as 100 dB, not infinity, as common toolkits cap it
+
+
 def psnr(pred, gt):
-    """10 log10(1 / MSE) on [0,1] tensors (the whole tensor's MSE)."""
+    """10 log10(1 / MSE) on [0,1] tensors (the whole tensor's MSE), at most PSNR_CAP (identical images)."""
     mse = F.mse_loss(pred.float(), gt.float())
-    return 10 * torch.log10(1.0 / mse)
+    return (10 * torch.log10(1.0 / mse)).clamp(max=PSNR_CAP)
 
 
 def _gaussian_window(size=11, sigma=1.5):

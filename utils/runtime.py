@@ -10,14 +10,27 @@ import torch
 
 
 def resolve_device(name="auto"):
-    """'auto' picks CUDA, then Apple MPS, then the CPU; anything else is passed to torch.device."""
+    """'auto' picks CUDA, then Apple MPS, then the CPU; 'cpu', 'cuda', 'cuda:N' and 'mps' are checked to exist on
+    this machine. ValueError, in one line that says what is there, for a device it does not have."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: auto, cpu, cuda, cuda:N or mps is allowed") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this machine has no CUDA device that torch {torch.__version__} can use; "
+                         "use --device cpu (or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices, "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"--device {name}: Apple MPS is not available here; use --device cpu (or auto)")
+    return device
 
 
 def seed_everything(seed):

@@ -5,7 +5,6 @@
 Crops, flips and several darkening levels of the project's own synthesis (utils.lowlight), seeded, so the
 files can be rebuilt bit for bit. Existing files are kept unless --overwrite.
 """
-import argparse
 import os
 import sys
 
@@ -14,6 +13,7 @@ import numpy as np
 from skimage import data
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from utils.checks import ArgumentParser  # noqa: E402
 from utils.images import write_image  # noqa: E402
 from utils.lowlight import darken  # noqa: E402
 
@@ -28,7 +28,7 @@ SAMPLES = {
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args()
     root = os.path.dirname(os.path.abspath(__file__))
