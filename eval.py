@@ -32,7 +32,7 @@ from utils.data import read_ahead
 from utils.face_database import identity_of, load_encodings
 from utils.images import ImageReadError, list_images, read_image, to_tensor
 from utils.metrics import Average, psnr, ssim
-from utils.runtime import keep_freed_memory, resolve_device
+from utils.runtime import add_precision_flags, autocast, keep_freed_memory, resolve_device, set_precision, to_device
 
 RECOGNITION_SETS = ("CASIA-Test", "LaPa-Test", "LFW")
 IQA_SETS = ("CelebA-Test", "CelebA-Test-2", "real", "samples")  # samples: the bundled dataset/samples
@@ -53,6 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--batch_size", type=int, default=16, help="images per detector/FaceNet forward")
     p.add_argument("--num_workers", type=int, default=2, help="image decoding threads (FID: its loader's processes)")
+    add_precision_flags(p)
     p.add_argument("--compat", action="store_true", help="count an image without a face as identity 0 (published rule)")
     p.add_argument("--lpips", action="store_true", help="also LPIPS (AlexNet) against normal/, needs the lpips package")
     p.add_argument("--fid", action="store_true", help="also FID of the two folders, needs the pytorch_fid package")
@@ -117,10 +118,10 @@ def evaluate_recognition(args, files, images_dir, normal_dir, device, failed):
     correct, no_face, total = 0, 0, 0
     for batch in tqdm(loader, total=math.ceil(len(files) / args.batch_size), unit="batch", desc=args.dataset_name):
         good = [(rel, image) for rel, image, _ in batch if not record_failure(failed, image)]
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, args.precision):
             codes, kept = encode_faces([image for _, image in good], detector, facenet, device, args.batch_size)
         predicted = [0 if args.compat else None] * len(good)  # published: no face = identity 0
-        for i, best in zip(kept, cosine_logits(codes.to(encodings), encodings).argmax(1).tolist()):
+        for i, best in zip(kept, cosine_logits(to_device(codes, device), encodings).argmax(1).tolist()):
             predicted[i] = best
         for (rel, _), p in zip(good, predicted):
             correct += p is not None and names[p] == identity_of(rel)
@@ -207,6 +208,7 @@ def evaluate_iqa(args, files, images_dir, normal_dir, device, failed):
 def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
+    set_precision(args.precision)
     keep_freed_memory()
     dataset_dir = os.path.join(args.dataset_root, args.dataset_name)
     images_dir = os.path.join(dataset_dir, "SOTAs", args.method_name)

@@ -11,10 +11,13 @@ Thumbs.db, .txt) are passed over with a line each; an image file that cannot be 
 the others are still written. Exit status 1 when an image failed or the folder holds no image.
 """
 import argparse
+import multiprocessing
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -22,8 +25,9 @@ import nets
 from nets.enhance import enhance
 from utils.checkpoint import CheckpointError
 from utils.data import read_ahead
-from utils.images import ImageReadError, list_images, read_image, side_by_side, to_tensor, to_uint8, write_image
-from utils.runtime import keep_freed_memory, resolve_device
+from utils.images import ImageReadError, list_images, read_image, side_by_side, uint8_images, write_image
+from utils.runtime import (add_precision_flags, autocast, keep_freed_memory, resolve_device, set_precision, start_to_host,
+                           to_device)
 
 
 def parse_args(argv=None):
@@ -35,10 +39,11 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=int, default=1, help="images of equal size enhanced together (1, as "
                    "published, is the fastest on CPUs; 4-16 on GPUs)")
     p.add_argument("--num_workers", type=int, default=2, help="image decoding threads")
+    p.add_argument("--writers", type=int, default=os.cpu_count() or 1, help="image encoding processes (threads where "
+                   "processes cannot be forked: macOS, Windows)")
     p.add_argument("--tile", type=int, default=512, help="images larger than tile x tile go through in tiles "
                    "(bounded memory: about 1.5 GiB at 512 on a CPU; the result does not depend on it)")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (for GPUs; pixels differ from float32 by a "
-                   "few levels of 255)")
+    add_precision_flags(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--comparison_path", default=None, help="also write input | enhanced | normal pictures (PNG) here")
     p.add_argument("--normal_path", default=None, help="normal-light images for the pictures (default: the "
@@ -47,7 +52,7 @@ def parse_args(argv=None):
 
 
 class ImageFiles:
-    """(relative path, 3xHxW tensor or an error message) for each file."""
+    """(relative path, HxWx3 uint8 array or an error message) for each file."""
 
     def __init__(self, root, files):
         self.root, self.files = root, files
@@ -57,9 +62,28 @@ class ImageFiles:
 
     def __getitem__(self, i):
         try:
-            return self.files[i], to_tensor(read_image(os.path.join(self.root, self.files[i])))
+            return self.files[i], read_image(os.path.join(self.root, self.files[i]))
         except ImageReadError as e:
             return self.files[i], str(e)
+
+
+def save(enhanced, path, image=None, comparison=None, normal=None):
+    """Write the enhanced image (HxWx3 uint8) and, given `comparison`, the picture image | enhanced | normal (when the
+    file `normal` exists). Runs in the writer processes."""
+    write_image(enhanced, path)
+    if comparison:
+        panels = [image, enhanced] + ([read_image(normal)] if os.path.isfile(normal) else [])
+        write_image(side_by_side(panels), comparison)
+
+
+def writer_pool(workers):
+    """Encoders of the output images: processes, forked before any thread starts, where the system forks (PIL's
+    encoders stopped scaling at one thread), else threads."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return ThreadPoolExecutor(workers)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    pool.submit(int).result()  # forks every worker now
+    return pool
 
 
 def check_folders(src, dst):
@@ -80,6 +104,7 @@ def main(argv=None):
     if not files:
         sys.exit(f"error: no images found in {args.underexposed_path}")
     device = resolve_device(args.device)
+    set_precision(args.precision)
     keep_freed_memory()
     try:
         model = nets.load("enhance", args.enhance_checkpoint, device)
@@ -93,6 +118,7 @@ def main(argv=None):
     print(f"enhancing {len(todo)} images from {args.underexposed_path} into {args.enhanced_path} on {device}"
           + (f" ({existing} already there, kept; --overwrite replaces them)" if existing else ""))
 
+    writer = writer_pool(max(1, min(args.writers, len(todo))))  # before the reading threads start
     loader = read_ahead(ImageFiles(args.underexposed_path, todo), args.batch_size, args.num_workers)
     failed, pending = [], []
 
@@ -107,32 +133,36 @@ def main(argv=None):
                 tqdm.write(f"failed {failed[-1]}")
         del pending[:job_count]
 
-    def save(rel, x, enhanced):
-        write_image(enhanced, out(rel))
-        if args.comparison_path:
-            panels = [to_uint8(x), enhanced]
-            normal = os.path.join(normal_dir, rel)
-            if os.path.isfile(normal):
-                panels.append(read_image(normal))
-            write_image(side_by_side(panels), os.path.join(args.comparison_path, os.path.splitext(rel)[0] + ".png"))
+    def deliver(host, wait, group):  # once the batch is on the host, hand its images to the writers
+        wait()
+        for (rel, image), enhanced in zip(group, host.numpy()):
+            extra = {}
+            if args.comparison_path:
+                extra = dict(image=image, normal=os.path.join(normal_dir, rel),
+                             comparison=os.path.join(args.comparison_path, os.path.splitext(rel)[0] + ".png"))
+            pending.append((rel, writer.submit(save, enhanced, out(rel), **extra)))
 
-    written = 0
-    with ThreadPoolExecutor(max_workers=2) as writer, tqdm(total=len(todo), unit="img") as bar:
+    written, in_flight = 0, deque()
+    with writer, tqdm(total=len(todo), unit="img") as bar:
         for batch in loader:
             by_size = {}
-            for rel, x in batch:
-                if isinstance(x, str):
-                    failed.append(x)
-                    tqdm.write(f"failed {x}")
+            for rel, image in batch:
+                if isinstance(image, str):
+                    failed.append(image)
+                    tqdm.write(f"failed {image}")
                 else:
-                    by_size.setdefault(tuple(x.shape), []).append((rel, x))
-            for group in by_size.values():
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
-                    r = enhance(model, torch.stack([x for _, x in group]).to(device), tile=args.tile).float()
-                for (rel, x), img in zip(group, r):
-                    pending.append((rel, writer.submit(save, rel, x, to_uint8(img))))
+                    by_size.setdefault(image.shape, []).append((rel, image))
+            for group in by_size.values():  # uint8 to the device, float and back to uint8 there: 4x less to copy
+                x = to_device(torch.from_numpy(np.stack([image for _, image in group])), device)
+                with autocast(device, args.precision):
+                    r = enhance(model, x.permute(0, 3, 1, 2).float().div_(255), tile=args.tile).float()
+                in_flight.append((*start_to_host(uint8_images(r).contiguous()), group))
+            while len(in_flight) > 1:  # the device computes this batch while the host hands on the one before
+                deliver(*in_flight.popleft())
             finish(max(0, len(pending) - 4 * args.batch_size))
             bar.update(len(batch))
+        while in_flight:
+            deliver(*in_flight.popleft())
         finish(len(pending))
     print(f"done: {written} written, {existing} kept, {len(failed)} failed, {len(others)} non-image files passed over")
     return 1 if failed else 0

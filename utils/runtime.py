@@ -1,9 +1,11 @@
 """Run-time set-up shared by the scripts: device choice, seeding, timing and the memory allocator."""
 import ctypes
+import os
 import random
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -18,6 +20,74 @@ def resolve_device(name="auto"):
             return torch.device("mps")
         return torch.device("cpu")
     return torch.device(name)
+
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def add_precision_flags(parser, default="tf32"):
+    """--precision fp32|tf32|bf16 and --amp (the same as --precision bf16, the flag of earlier versions)."""
+    parser.add_argument("--precision", choices=PRECISIONS, default=default,
+                        help="CUDA arithmetic: fp32 (IEEE float32 everywhere, the CPU's numbers to rounding), tf32 "
+                        "(float32 convolutions on TF32 tensor cores, PyTorch's default and the published code's), bf16 "
+                        "(tf32 plus bf16 autocast of the networks); only bf16 changes anything on the CPU")
+    parser.add_argument("--amp", dest="precision", action="store_const", const="bf16", help="same as --precision bf16")
+
+
+def set_precision(precision):
+    """Set the process-wide TF32 switch of CUDA's float32 convolutions for `precision` (fp32: off; tf32 and bf16: on,
+    PyTorch's default). Matrix products stay IEEE float32 (PyTorch's default too): the face crops' sampling grids
+    are matrix products, which TF32 would move by a tenth of a pixel."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    torch.backends.cudnn.allow_tf32 = precision != "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def autocast(device, precision):
+    """The autocast context of `precision` on `device`: bf16 autocast for bf16, none otherwise."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def to_device(tensor, device):
+    """`tensor` (host memory) on `device`. On CUDA it goes through pinned memory without blocking: the host does
+    not wait for the device's queue (a plain copy of pageable memory does)."""
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
+def to_host(tensor):
+    """A copy of `tensor` in host memory (a new tensor, also where `tensor` is already there). On CUDA the host waits
+    for the device up to this copy: the one wait of a step that needs the device's results."""
+    return tensor.to("cpu", copy=True)
+
+
+def start_to_host(tensor):
+    """(host tensor, wait): starts copying `tensor` to the host and returns at once; the copy is complete when wait()
+    returns. On CUDA the copy goes into pinned memory behind the work already queued, and wait() waits for it
+    alone, so the host can queue more work in between; elsewhere the copy is made at once."""
+    if tensor.device.type != "cuda":
+        return to_host(tensor), lambda: None
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return host, done.synchronize
+
+
+_threads = None
+
+
+def parallel_map(fn, items):
+    """[fn(x) for x in items], computed by a pool of as many threads as CPUs (made at the first call): for work that
+    runs outside the GIL, such as OpenCV's and NumPy's on whole images."""
+    global _threads
+    if len(items) < 2:
+        return [fn(x) for x in items]
+    if _threads is None:
+        _threads = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="parallel_map")
+    return list(_threads.map(fn, items))
 
 
 def seed_everything(seed):
