@@ -194,6 +194,13 @@ def train_step(model, objective, optimizer, batch, monitor, precision="tf32", it
     return enhanced, total, terms, logits
 
 
+def compile_step(model, objective, mode="default"):
+    """torch.compile the enhancement network (in place: its state dict keeps its keys) and the objective's image
+    terms (mostly elementwise work, which compiling fuses); the detector, FaceNet and the optimizer stay eager."""
+    model.compile(mode=mode)
+    objective.image_terms = torch.compile(objective.image_terms, mode=mode)
+
+
 def make_optimizer(model, args):
     """Adam of the published recipe, fused: one kernel, and it can skip a step on the device (found_inf)."""
     return torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, fused=True)
@@ -299,8 +306,7 @@ def train(args, log, stop, rank, world, device):
         layout = torch.channels_last if distributed.any_rank(timed_faster) else torch.contiguous_format
     model.to(memory_format=layout)
     if args.compile:
-        model.compile(mode=args.compile)  # in place: the state dict keeps its keys
-        objective.image_terms = torch.compile(objective.image_terms, mode=args.compile)
+        compile_step(model, objective, args.compile)
     processes = f" per process x {world} processes" if world > 1 else ""
     log(f"training on {device}: {len(train_set)} images, {len(names)} identities, batch {args.batch_size}{processes}, "
         f"{iters_per_epoch} iterations per epoch, epochs {epoch}..{args.epoch_num - 1}, "

@@ -221,7 +221,11 @@ class FaceDetector:
         out = []
         for k, (row, (h, w)) in enumerate(zip(host, shapes)):
             count = int(row[0])
-            d = row[1:].view(-1, dets.shape[-1])[:count] if count <= self.max_candidates else to_host(dets[k][above[k]])
+            if count <= self.max_candidates:
+                d = row[1:].view(-1, dets.shape[-1])[:count]
+            else:  # all of this image's rows, selected on the host
+                d = to_host(dets[k])
+                d = d[d[:, 4] >= self.confidence]
             d = d[nms(d[:, :4], d[:, 4], self.nms_iou)].double()
             out.append(self._unletterbox(d, h, w))
         return out
