@@ -26,8 +26,8 @@ from nets.enhance import enhance
 from utils.checkpoint import CheckpointError
 from utils.data import read_ahead
 from utils.images import ImageReadError, list_images, read_image, side_by_side, uint8_images, write_image
-from utils.runtime import (add_precision_flags, autocast, keep_freed_memory, resolve_device, set_precision, start_to_host,
-                           to_device)
+from utils.runtime import (add_precision_flags, autocast, keep_freed_memory, resolve_device, set_precision,
+                           start_to_host, to_device)
 
 
 def parse_args(argv=None):

@@ -2,6 +2,7 @@
 
     python train.py                                  # published defaults: LaPa-Face, batch 2, 384x384, 100 epochs
     python train.py --batch_size 8 --device cuda --num_workers 8
+    python train.py --batch_size 32 --device cuda --num_workers 8 --precision bf16 --compile   # faster on a GPU
     python train.py --resume                         # continue from checkpoint/LLE/resume.pth
     torchrun --standalone --nproc_per_node 4 train.py --batch_size 2          # 4 GPUs (or CPU processes), global batch 8
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 train.py   # 2 machines
@@ -231,8 +232,8 @@ def main(argv=None):
         train(args, log, stop, rank, world, device)
     except NonFiniteStep as e:  # raised where the host reads the monitor: no weight was changed by the step or after
         resume_path = os.path.join(args.checkpoint_root, "resume.pth")
-        last_good = f"last resume point: {resume_path}" if os.path.exists(resume_path) else "no resume point written yet"
-        log.fail(f"{e}; stopped before writing these weights ({last_good})")
+        last = f"last resume point: {resume_path}" if os.path.exists(resume_path) else "no resume point written yet"
+        log.fail(f"{e}; stopped before writing these weights ({last})")
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
@@ -302,7 +303,8 @@ def train(args, log, stop, rank, world, device):
         log(f"resumed from {path} at epoch {epoch}, iteration {start_batch}")
     layout = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}.get(args.memory_format)
     if layout is None:  # every rank must hold the same layout: channels_last if any rank timed it faster
-        timed_faster = not args.deterministic and training_layout(device, args.precision == "bf16") == torch.channels_last
+        timed_faster = not args.deterministic and \
+            training_layout(device, args.precision == "bf16") == torch.channels_last
         layout = torch.channels_last if distributed.any_rank(timed_faster) else torch.contiguous_format
     model.to(memory_format=layout)
     if args.compile:

@@ -100,7 +100,7 @@ def align_faces(images, det_rows, size=FACE_SIZE):
             crop = images[i:i + 1, :, y1:y2, x1:x2]
             h, w = crop.shape[-2:]
             grid = _base_grid(h, w, images.device, images.dtype).view(1, h * w, 3).bmm(thetas[k:k + 1])
-            crop = F.grid_sample(crop, grid.view(1, h, w, 2), mode="bilinear", padding_mode="zeros", align_corners=False)
+            crop = F.grid_sample(crop, grid.view(1, h, w, 2), "bilinear", "zeros", align_corners=False)
             nh, nw = _letterbox_size(h, w, size)
             crop = TF.resize(crop, [nh, nw], InterpolationMode.BILINEAR, antialias=True)
             top, left = (size - nh) // 2, (size - nw) // 2

@@ -414,7 +414,8 @@ def test_test_py_writes_the_bytes_of_the_per_image_path(tmp_path):
         assert (tmp_path / "cmp" / picture).read_bytes() == (tmp_path / "expected_cmp" / picture).read_bytes(), rel
 
 
-def test_database_encodings_and_predictions_are_those_of_the_per_image_path(retinaface_weights, facenet_file, lfw_faces):
+def test_database_encodings_and_predictions_are_those_of_the_per_image_path(retinaface_weights, facenet_file,
+                                                                            lfw_faces):
     detector, facenet = load_retinaface(retinaface_weights), load_facenet(facenet_file)
     images = [read_image(str(p)) for p in sorted(lfw_faces.rglob("*.jpg"))[:5]]
     images.insert(2, images[0] * 0)  # no face

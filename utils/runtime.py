@@ -1,4 +1,5 @@
-"""Run-time set-up shared by the scripts: device choice, seeding, timing and the memory allocator."""
+"""Run-time set-up shared by the scripts: device choice, numeric precision, seeding, timing, copies between host and
+device that do not wait for the device's queue, threads for work outside the GIL, and the memory allocator."""
 import ctypes
 import os
 import random
@@ -58,15 +59,15 @@ def to_device(tensor, device):
 
 
 def to_host(tensor):
-    """A copy of `tensor` in host memory (a new tensor, also where `tensor` is already there). On CUDA the host waits
-    for the device up to this copy: the one wait of a step that needs the device's results."""
+    """A copy of `tensor` in host memory (a new tensor, also where `tensor` is there already). On CUDA the host waits
+    for the device to finish the work queued before the copy."""
     return tensor.to("cpu", copy=True)
 
 
 def start_to_host(tensor):
     """(host tensor, wait): starts copying `tensor` to the host and returns at once; the copy is complete when wait()
-    returns. On CUDA the copy goes into pinned memory behind the work already queued, and wait() waits for it
-    alone, so the host can queue more work in between; elsewhere the copy is made at once."""
+    returns. On CUDA the copy goes into pinned memory behind the work already queued, and wait() waits for that
+    work and the copy, not for what the host queues in between; elsewhere the copy is made at once."""
     if tensor.device.type != "cuda":
         return to_host(tensor), lambda: None
     host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
