@@ -135,21 +135,23 @@ class StepMonitor:
 
     def reset(self, epoch=0):
         """Start the sums afresh (the finite check goes on); `epoch` is named by NonFiniteStep."""
-        self.sums, self.correct, self.seen, self.steps, self.epoch = 0, 0, 0, 0, epoch
+        self.sums, self.seen, self.steps, self.epoch = 0, 0, 0, epoch
+        self.correct = torch.zeros((), device=self.found_inf.device)
 
     def update(self, total, terms, grad_norm, enhanced, logits, labels, iteration):
         """Record a step (nothing is read on the host); returns found_inf for the optimizer."""
         self.names = [*terms, "total", "gradient norm"]
         values = torch.stack([*terms.values(), total.detach(), grad_norm]).float()
         finite = torch.isfinite(values)
-        first = (~finite).to(torch.uint8).argmax()  # the first non-finite value (0 when all are)
+        first = (~finite).to(torch.uint8).argmax()  # the first non-finite value (0 when all are finite)
         record = torch.stack([first.double(), values.gather(0, first[None])[0].double(),
                               torch.full_like(self.first_bad[0], iteration)])
         newly = ~finite.all() & (self.found_inf == 0)
         self.first_bad = torch.where(newly, record, self.first_bad)
         self.found_inf = torch.maximum(self.found_inf, newly.float())
         self.sums = self.sums + values[:-1]
-        self.correct = self.correct + (logits.argmax(1) == labels).sum()
+        if logits is not None:  # None without a face loss
+            self.correct = self.correct + (logits.argmax(1) == labels).sum()
         self.seen += len(labels)
         self.brightness = (enhanced.detach().float() * self.luma).sum(1).mean()
         self.steps += 1
