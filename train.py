@@ -209,6 +209,13 @@ def make_optimizer(model, args):
     return torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, fused=True)
 
 
+def load_optimizer_state(optimizer, state):
+    """Load an Adam state dict and keep the optimizer fused (resume points of earlier versions hold unfused ones)."""
+    for group in state["param_groups"]:
+        group.update(fused=True, foreach=None)
+    optimizer.load_state_dict(state)
+
+
 def leave_signals_to_main(_):
     """DataLoader workers ignore Ctrl-C and SIGTERM (a scheduler signals every process of a job): the main process
     saves a resume point and then stops them."""
@@ -292,7 +299,7 @@ def train(args, log, stop, rank, world, device):
                     log.fail(f"{path}: written for (images, batch_size, seed, processes) = {written}, this run has "
                              f"{(len(train_set), args.batch_size, args.seed, world)}; resume with the same data and settings")
                 model.load_state_dict(state["model"])
-                optimizer.load_state_dict(state["optimizer"])
+                load_optimizer_state(optimizer, state["optimizer"])
                 epoch, start_batch = state["epoch"], state["batch"]
                 restore_rng(state["rng"])
             else:

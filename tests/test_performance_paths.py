@@ -354,6 +354,26 @@ def test_fused_adam_steps_as_the_published_adam(objective_and_batch):
         torch.testing.assert_close(fused, published, rtol=1e-6, atol=1e-9)
 
 
+def test_a_resume_point_of_the_unfused_adam_resumes_fused():
+    model = EnhanceNet()
+    published = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-4)  # as resume points held it
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    published.step()
+    resumed = copy.deepcopy(model)
+    optimizer = train.make_optimizer(resumed, train.parse_args([]))
+    train.load_optimizer_state(optimizer, copy.deepcopy(published.state_dict()))
+    assert optimizer.param_groups[0]["fused"]
+    optimizer.found_inf = torch.zeros(())
+    for p in resumed.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()  # the fused kernel takes found_inf; the unfused one refuses it
+    published.step()
+    for p, q in zip(resumed.parameters(), model.parameters()):
+        assert optimizer.state[p]["step"].item() == 2
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-9)
+
+
 def test_compiled_step_parts_give_the_eager_losses_and_gradients(objective_and_batch):
     objective, (low, seg, labels, pos, neg) = objective_and_batch
     low, seg, pos, neg = (t[:1, ..., :48, :48] for t in (low, seg, pos, neg))  # small: compiling takes seconds a shape
