@@ -77,8 +77,8 @@ def save(enhanced, path, image=None, comparison=None, normal=None):
 
 
 def writer_pool(workers):
-    """Encoders of the output images: processes, forked before any thread starts, where the system forks (PIL's
-    encoders stopped scaling at one thread), else threads."""
+    """Encoders of the output images: processes, forked before the reading threads start, where the system forks
+    (PIL's encoders stopped scaling at one thread), else threads."""
     if "fork" not in multiprocessing.get_all_start_methods():
         return ThreadPoolExecutor(workers)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
