@@ -21,7 +21,8 @@ import os
 import sys
 from datetime import datetime
 
-from utils.checks import ArgumentParser, check_paths, device_name, escape_unprintable_names, integer
+from utils.checks import (ArgumentParser, add_precision_flags, check_paths, device_name, escape_unprintable_names,
+                          integer)
 
 RECOGNITION_SETS = ("CASIA-Test", "LaPa-Test", "LFW")
 IQA_SETS = ("CelebA-Test", "CelebA-Test-2", "real", "samples")  # samples: the bundled dataset/samples
@@ -43,6 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=integer(1), default=16, help="images per detector/FaceNet forward")
     p.add_argument("--num_workers", type=integer(0), default=2, help="image decoding threads (FID: its loader's "
                    "processes)")
+    add_precision_flags(p)
     p.add_argument("--compat", action="store_true", help="count an image without a face as identity 0 (published rule)")
     p.add_argument("--lpips", action="store_true", help="also LPIPS (AlexNet) against normal/, needs the lpips package")
     p.add_argument("--fid", action="store_true", help="also FID of the two folders, needs the pytorch_fid package")
@@ -83,7 +85,7 @@ from utils.data import read_ahead  # noqa: E402
 from utils.face_database import identity_of, load_encodings  # noqa: E402
 from utils.images import ImageReadError, list_images, read_image, to_tensor  # noqa: E402
 from utils.metrics import PSNR_CAP, Average, psnr, ssim  # noqa: E402
-from utils.runtime import keep_freed_memory, resolve_device  # noqa: E402
+from utils.runtime import autocast, keep_freed_memory, resolve_device, set_precision, to_device  # noqa: E402
 
 
 class Pairs:
@@ -144,10 +146,10 @@ def evaluate_recognition(args, files, images_dir, normal_dir, device, failed):
     correct, no_face, total = 0, 0, 0
     for batch in tqdm(loader, total=math.ceil(len(files) / args.batch_size), unit="batch", desc=args.dataset_name):
         good = [(rel, image) for rel, image, _ in batch if not record_failure(failed, image)]
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, args.precision):
             codes, kept = encode_faces([image for _, image in good], detector, facenet, device, args.batch_size)
         predicted = [0 if args.compat else None] * len(good)  # published: no face = identity 0
-        for i, best in zip(kept, cosine_logits(codes.to(encodings), encodings).argmax(1).tolist()):
+        for i, best in zip(kept, cosine_logits(to_device(codes, device), encodings).argmax(1).tolist()):
             predicted[i] = best
         for (rel, _), p in zip(good, predicted):
             correct += p is not None and names[p] == identity_of(rel)
@@ -247,6 +249,7 @@ def main(argv=None):
         device = resolve_device(args.device)
     except ValueError as e:
         sys.exit(f"error: {e}")
+    set_precision(args.precision)
     keep_freed_memory()
     images_dir, normal_dir = folders(args)
     files, _ = list_images(images_dir, say=print)

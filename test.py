@@ -15,7 +15,8 @@ Exit status 1 when an image failed, an output asked for is missing at the end, o
 import os
 import sys
 
-from utils.checks import ArgumentParser, check_paths, device_name, escape_unprintable_names, integer
+from utils.checks import (ArgumentParser, add_precision_flags, check_paths, device_name, escape_unprintable_names,
+                          integer)
 
 
 def parse_args(argv=None):
@@ -27,10 +28,11 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=integer(1), default=1, help="images of equal size enhanced together (1, as "
                    "published, is the fastest on CPUs; 4-16 on GPUs)")
     p.add_argument("--num_workers", type=integer(0), default=2, help="image decoding threads")
+    p.add_argument("--writers", type=integer(1), default=os.cpu_count() or 1, help="image encoding processes "
+                   "(threads where processes cannot be forked: macOS, Windows)")
     p.add_argument("--tile", type=integer(1), default=512, help="images larger than tile x tile go through in tiles "
                    "(bounded memory: about 1.5 GiB at 512 on a CPU; the result does not depend on it)")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (for GPUs; pixels differ from float32 by a "
-                   "few levels of 255)")
+    add_precision_flags(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--comparison_path", default=None, help="also write input | enhanced | normal pictures (PNG) here")
     p.add_argument("--normal_path", default=None, help="normal-light images for the pictures (default: the "
@@ -56,8 +58,11 @@ def check_args(args):
 if __name__ == "__main__":
     check_args(parse_args())  # --help and argument errors answer here, before the imports below load torch
 
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+import multiprocessing  # noqa: E402
+from collections import deque  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor  # noqa: E402
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -65,13 +70,14 @@ import nets  # noqa: E402
 from nets.enhance import enhance  # noqa: E402
 from utils.checkpoint import CheckpointError  # noqa: E402
 from utils.data import read_ahead  # noqa: E402
-from utils.images import (ImageReadError, list_images, read_image, side_by_side, to_tensor, to_uint8,  # noqa: E402
+from utils.images import (ImageReadError, list_images, read_image, side_by_side, uint8_images,  # noqa: E402
                           write_image)
-from utils.runtime import keep_freed_memory, resolve_device  # noqa: E402
+from utils.runtime import (autocast, keep_freed_memory, resolve_device, set_precision, start_to_host,  # noqa: E402
+                           to_device)
 
 
 class ImageFiles:
-    """(relative path, 3xHxW tensor or an error message) for each file."""
+    """(relative path, HxWx3 uint8 array or an error message) for each file."""
 
     def __init__(self, root, files):
         self.root, self.files = root, files
@@ -81,9 +87,38 @@ class ImageFiles:
 
     def __getitem__(self, i):
         try:
-            return self.files[i], to_tensor(read_image(os.path.join(self.root, self.files[i])))
+            return self.files[i], read_image(os.path.join(self.root, self.files[i]))
         except ImageReadError as e:
             return self.files[i], str(e)
+
+
+def save(enhanced, output=None, image=None, comparison=None, normal=None):
+    """Write the enhanced image (HxWx3 uint8) to `output` and the picture image | enhanced | normal (when the file
+    `normal` exists) to `comparison`, each unless None. Runs in the writer processes; returns a line for each file
+    that could not be written."""
+    errors = []
+    for path in (p for p in (output, comparison) if p):
+        try:
+            if path == output:
+                write_image(enhanced, path)
+            else:
+                write_image(side_by_side([image, enhanced] + ([read_image(normal)] if os.path.isfile(normal) else [])),
+                            path)
+        except ImageReadError as e:
+            errors.append(f"{path}: not written ({e})")
+        except (OSError, ValueError) as e:
+            errors.append(f"{path}: cannot write ({e})")
+    return errors
+
+
+def writer_pool(workers):
+    """Encoders of the output images: processes, forked before the reading threads start, where the system forks
+    (PIL's encoders stopped scaling at one thread), else threads."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return ThreadPoolExecutor(workers)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    pool.submit(int).result()  # forks every worker now
+    return pool
 
 
 def main(argv=None):
@@ -94,6 +129,7 @@ def main(argv=None):
         device = resolve_device(args.device)
     except ValueError as e:
         sys.exit(f"error: {e}")
+    set_precision(args.precision)
     files, passed_over = list_images(args.underexposed_path, say=print)
     if not files:
         sys.exit(f"error: no images found in {args.underexposed_path}")
@@ -129,6 +165,7 @@ def main(argv=None):
     print(f"enhancing {len(todo)} images from {args.underexposed_path} into {args.enhanced_path} on {device}"
           + (f" ({existing} already there, kept; --overwrite replaces them)" if existing else ""))
 
+    writer = writer_pool(max(1, min(args.writers, len(todo))))  # before the reading threads start
     loader = read_ahead(ImageFiles(args.underexposed_path, todo), args.batch_size, args.num_workers)
     pending = []
 
@@ -141,40 +178,34 @@ def main(argv=None):
             written += not errors
         del pending[:job_count]
 
-    def save(rel, x, enhanced):  # writes the outputs of rel still wanted; returns a message for each that failed
-        errors = []
-        for path in wanted[rel]:
-            try:
-                if path == out(rel):
-                    write_image(enhanced, path)
-                    continue
-                panels = [to_uint8(x), enhanced]
-                normal = os.path.join(normal_dir, rel)
-                if os.path.isfile(normal):
-                    panels.append(read_image(normal))
-                write_image(side_by_side(panels), path)
-            except ImageReadError as e:
-                errors.append(f"{path}: not written ({e})")
-            except (OSError, ValueError) as e:
-                errors.append(f"{path}: cannot write ({e})")
-        return errors
+    def deliver(host, wait, group):  # once the batch is on the host, hand its images to the writers
+        wait()
+        for (rel, image), enhanced in zip(group, host.numpy()):
+            output = out(rel) if out(rel) in wanted[rel] else None
+            comparison = picture(rel) if args.comparison_path and picture(rel) in wanted[rel] else None
+            pending.append((rel, writer.submit(save, enhanced, output, image if comparison else None, comparison,
+                                               os.path.join(normal_dir, rel))))
 
-    written = 0
-    with ThreadPoolExecutor(max_workers=2) as writer, tqdm(total=len(todo), unit="img") as bar:
+    written, in_flight = 0, deque()
+    with writer, tqdm(total=len(todo), unit="img") as bar:
         for batch in loader:
             by_size = {}
-            for rel, x in batch:
-                if isinstance(x, str):
-                    fail(rel, x)
+            for rel, image in batch:
+                if isinstance(image, str):
+                    fail(rel, image)
                 else:
-                    by_size.setdefault(tuple(x.shape), []).append((rel, x))
-            for group in by_size.values():
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
-                    r = enhance(model, torch.stack([x for _, x in group]).to(device), tile=args.tile).float()
-                for (rel, x), img in zip(group, r):
-                    pending.append((rel, writer.submit(save, rel, x, to_uint8(img))))
+                    by_size.setdefault(image.shape, []).append((rel, image))
+            for group in by_size.values():  # uint8 to the device, float and back to uint8 there: 4x less to copy
+                x = to_device(torch.from_numpy(np.stack([image for _, image in group])), device)
+                with autocast(device, args.precision):
+                    r = enhance(model, x.permute(0, 3, 1, 2).float().div_(255), tile=args.tile).float()
+                in_flight.append((*start_to_host(uint8_images(r).contiguous()), group))
+            while len(in_flight) > 1:  # the device computes this batch while the host hands on the one before
+                deliver(*in_flight.popleft())
             finish(max(0, len(pending) - 4 * args.batch_size))
             bar.update(len(batch))
+        while in_flight:
+            deliver(*in_flight.popleft())
         finish(len(pending))
     missing = [(rel, path) for rel in files for path in asked[rel] if not os.path.isfile(path)]
     for rel, path in missing:

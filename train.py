@@ -2,6 +2,7 @@
 
     python train.py                                  # published defaults: LaPa-Face, batch 2, 384x384, 100 epochs
     python train.py --batch_size 8 --device cuda --num_workers 8
+    python train.py --batch_size 32 --device cuda --num_workers 8 --precision bf16 --compile   # faster on a GPU
     python train.py --resume                         # continue from checkpoint/LLE/resume.pth
     torchrun --standalone --nproc_per_node 4 train.py --batch_size 2          # 4 GPUs (or CPU processes), global batch 8
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 train.py   # 2 machines
@@ -14,8 +15,10 @@ Writes checkpoint/LLE/epoch{N}.pth (a bare state dict that test.py loads) after 
 checkpoint/LLE/resume.pth (model, optimizer, epoch, iteration, RNG state) every --save_every iterations
 and at each epoch end, both atomically. SIGINT/SIGTERM save a resume point and stop cleanly; after a hard kill,
 --resume continues from the last resume point and (same device, --deterministic) reaches the same weights.
-Every training file is decoded once before training starts; a NaN/Inf loss term or gradient stops training
-with a line naming it before any weight is changed. Errors end in one line, also appended to the log.
+Every training file is decoded once before training starts. A NaN/Inf loss term or gradient stops training with a
+line naming it, and no weight is changed by that step or any after it: the check runs on the device and the host
+reads it once per log line and before every checkpoint (a step waits for the device only for the face detections).
+Errors end in one line, also appended to the log.
 """
 import os
 import random
@@ -23,8 +26,8 @@ import signal
 import sys
 import time
 
-from utils.checks import (ArgumentParser, check_paths, device_name, escape_unprintable_names, folder_name, integer,
-                          number)
+from utils.checks import (ArgumentParser, add_precision_flags, check_paths, device_name, escape_unprintable_names,
+                          folder_name, integer, number)
 
 
 def parse_args(argv=None):
@@ -62,8 +65,11 @@ def parse_args(argv=None):
     p.add_argument("--save_every", type=integer(1), default=500, help="iterations between resume points")
     p.add_argument("--max_iters", type=integer(1), default=None, help="stop after this many iterations in all "
                    "(tests, trials)")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA; also accepted on the CPU); the "
-                   "ratio losses, the smoothness weights and the cosine similarities stay in float32")
+    add_precision_flags(p)  # bf16: the ratio losses, the smoothness weights, the face crops and cosines stay float32
+    p.add_argument("--compile", nargs="?", const="default", default=None,
+                   choices=["default", "reduce-overhead", "max-autotune"],
+                   help="torch.compile the enhancement network and the image loss terms (mode default, or "
+                   "reduce-overhead: CUDA graphs of them); off by default; the first steps then take minutes")
     p.add_argument("--memory_format", default="auto", choices=["auto", "channels_last", "contiguous"],
                    help="layout of the enhancement network in training; auto: the faster one on this device, timed "
                    "at the start (contiguous, the published one, with --deterministic); results do not depend on it")
@@ -109,7 +115,8 @@ from utils.checkpoint import CheckpointError, atomic_save, check_finite, read_ch
 from utils import distributed  # noqa: E402
 from utils.data import TrainSet  # noqa: E402
 from utils.face_database import load_encodings  # noqa: E402
-from utils.runtime import keep_freed_memory, seed_everything  # noqa: E402
+from utils.runtime import (autocast, keep_freed_memory, seed_everything, set_precision, to_device,  # noqa: E402
+                           to_host)
 
 
 class Log:
@@ -135,28 +142,104 @@ class Log:
 
 
 class NonFiniteStep(ArithmeticError):
-    """A loss term or the gradient norm stopped being finite; the weights were not changed."""
+    """A loss term or the gradient norm stopped being finite; no weight was changed from then on."""
 
 
-def train_step(model, objective, optimizer, batch, amp=False):
+class StepMonitor:
+    """What the loop needs of every step, kept on the device so that the host reads it in one copy per log line:
+    the sums of the loss and its terms, the faces identified and the last mean brightness since the last `read`,
+    and the finite check. A NaN/Inf loss term or gradient norm sets `found_inf`, with which the fused Adam skips
+    that step's update and every later one (as under GradScaler), so the weights stay those before it until
+    `check` or `read` raise NonFiniteStep naming the first bad value."""
+
+    def __init__(self, device):
+        self.found_inf = torch.zeros((), device=device)  # 1.0 from the first non-finite step on
+        self.first_bad = torch.zeros(3, dtype=torch.float64, device=device)  # which value, the value, the iteration
+        self.luma = to_device(torch.tensor([0.299, 0.587, 0.114]), device).view(1, 3, 1, 1)
+        self.names = None
+        self.reset()
+
+    def reset(self, epoch=0):
+        """Start the sums afresh (the finite check goes on); `epoch` is named by NonFiniteStep."""
+        self.sums, self.seen, self.steps, self.epoch = 0, 0, 0, epoch
+        self.correct = torch.zeros((), device=self.found_inf.device)
+
+    def update(self, total, terms, grad_norm, enhanced, logits, labels, iteration):
+        """Record a step (nothing is read on the host); returns found_inf for the optimizer."""
+        self.names = [*terms, "total", "gradient norm"]
+        values = torch.stack([*terms.values(), total.detach(), grad_norm]).float()
+        finite = torch.isfinite(values)
+        first = (~finite).to(torch.uint8).argmax()  # the first non-finite value (0 when all are finite)
+        record = torch.stack([first.double(), values.gather(0, first[None])[0].double(),
+                              torch.full_like(self.first_bad[0], iteration)])
+        newly = ~finite.all() & (self.found_inf == 0)
+        self.first_bad = torch.where(newly, record, self.first_bad)
+        self.found_inf = torch.maximum(self.found_inf, newly.float())
+        self.sums = self.sums + values[:-1]
+        if logits is not None:  # None without a face loss
+            self.correct = self.correct + (logits.argmax(1) == labels).sum()
+        self.seen += len(labels)
+        self.brightness = (enhanced.detach().float() * self.luma).sum(1).mean()
+        self.steps += 1
+        return self.found_inf
+
+    def _raise_if_bad(self, found_inf, which, value, iteration):
+        if found_inf:
+            name = self.names[int(which)]
+            what = "the gradient norm" if name == "gradient norm" else f"loss term {name}"
+            raise NonFiniteStep(f"{what} became {value} at epoch {self.epoch} iteration {int(iteration)}")
+
+    def check(self):
+        """Raise NonFiniteStep if a step since the start was not finite (one copy to the host)."""
+        self._raise_if_bad(*to_host(torch.cat([self.found_inf[None].double(), self.first_bad])).tolist())
+
+    def read(self):
+        """({"loss": mean, term: mean, ...}, faces identified, images, last mean brightness) since the last read, in
+        one copy to the host; raises NonFiniteStep if a step was not finite."""
+        host = to_host(torch.cat([self.found_inf[None].double(), self.first_bad, self.sums.double(),
+                                  torch.stack([self.correct, self.brightness]).double()])).tolist()
+        self._raise_if_bad(*host[:4])
+        sums, (correct, brightness) = host[4:-2], host[-2:]
+        means = {"loss": sums[-1] / self.steps, **{k: v / self.steps for k, v in zip(self.names, sums[:-1])}}
+        result = means, int(correct), self.seen, brightness
+        self.reset(self.epoch)
+        return result
+
+
+def train_step(model, objective, optimizer, batch, monitor, precision="tf32", iteration=0):
     """One step of the published recipe on batch = (low, seg, labels, positives, negatives): forward (bf16 autocast
-    with `amp`), backward, gradient norm clipped to 0.1, Adam. Returns (enhanced, total, terms, face_logits).
-    Raises NonFiniteStep, before the weights change, when a loss term or the gradient norm is NaN or infinite."""
+    with precision bf16), backward, gradient norm clipped to 0.1, Adam (fused, given the monitor's found_inf).
+    Returns (enhanced, total, terms, face_logits), all on the device; the host waits for the device only for
+    the face detections. A step that is not finite changes no weight (see StepMonitor)."""
     low, seg, labels, pos, neg = batch
-    with torch.autocast(low.device.type, dtype=torch.bfloat16, enabled=amp):
+    with autocast(low.device, precision):
         enhanced, illumination = model(low)
         total, terms, logits = objective(enhanced, illumination, low, pos, neg, seg, labels)
-    values = {**terms, "total": total.detach()}
-    bad = next((k for k, v in values.items() if not torch.isfinite(v)), None)
-    if bad:
-        raise NonFiniteStep(f"loss term {bad} became {values[bad].item()}")
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
-    if not torch.isfinite(grad_norm):
-        raise NonFiniteStep(f"the gradient norm became {grad_norm.item()}")
+    optimizer.found_inf = monitor.update(total, terms, grad_norm, enhanced, logits, labels, iteration)
     optimizer.step()
     return enhanced, total, terms, logits
+
+
+def compile_step(model, objective, mode="default"):
+    """torch.compile the enhancement network (in place: its state dict keeps its keys) and the objective's image
+    terms (mostly elementwise work, which compiling fuses); the detector, FaceNet and the optimizer stay eager."""
+    model.compile(mode=mode)
+    objective.image_terms = torch.compile(objective.image_terms, mode=mode)
+
+
+def make_optimizer(model, args):
+    """Adam of the published recipe, fused: one kernel, and it can skip a step on the device (found_inf)."""
+    return torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, fused=True)
+
+
+def load_optimizer_state(optimizer, state):
+    """Load an Adam state dict and keep the optimizer fused (resume points of earlier versions hold unfused ones)."""
+    for group in state["param_groups"]:
+        group.update(fused=True, foreach=None)
+    optimizer.load_state_dict(state)
 
 
 def leave_signals_to_main(_):
@@ -177,6 +260,7 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     keep_freed_memory()
     seed_everything(args.seed)
+    set_precision(args.precision)
     deterministic = torch.are_deterministic_algorithms_enabled()
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
@@ -186,6 +270,10 @@ def main(argv=None):
     handlers = {sig: signal.signal(sig, lambda s, _: stop.update(signal=s)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         train(args, log, stop, rank, world, device)
+    except NonFiniteStep as e:  # raised where the host reads the monitor: no weight was changed by the step or after
+        resume_path = os.path.join(args.checkpoint_root, "resume.pth")
+        last = f"last resume point: {resume_path}" if os.path.exists(resume_path) else "no resume point written yet"
+        log.fail(f"{e}; stopped before writing these weights ({last})")
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
@@ -225,7 +313,7 @@ def train(args, log, stop, rank, world, device):
 
     # ---- model, optimizer, resume ----
     model = init_weights(EnhanceNet()).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = make_optimizer(model, args)
     resume_path = os.path.join(args.checkpoint_root, "resume.pth")
     epoch, start_batch = args.start_epoch, 0
     if args.resume:
@@ -239,12 +327,12 @@ def train(args, log, stop, rank, world, device):
                              f"{(len(train_set), args.batch_size, args.seed, world)}; resume with the same data and settings")
                 check_finite(state["model"], f"{path}: model")
                 model.load_state_dict(state["model"])
-                optimizer.load_state_dict(state["optimizer"])
+                load_optimizer_state(optimizer, state["optimizer"])
                 epoch, start_batch = state["epoch"], state["batch"]
                 restore_rng(state["rng"])
             else:
                 model = nets.load("enhance", path, device).train()
-                optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+                optimizer = make_optimizer(model, args)
         except CheckpointError as e:
             log.fail(f"cannot resume: {e}")
         except (KeyError, RuntimeError) as e:
@@ -252,9 +340,12 @@ def train(args, log, stop, rank, world, device):
         log(f"resumed from {path} at epoch {epoch}, iteration {start_batch}")
     layout = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}.get(args.memory_format)
     if layout is None:  # every rank must hold the same layout: channels_last if any rank timed it faster
-        timed_faster = not args.deterministic and training_layout(device, args.amp) == torch.channels_last
+        timed_faster = not args.deterministic and \
+            training_layout(device, args.precision == "bf16") == torch.channels_last
         layout = torch.channels_last if distributed.any_rank(timed_faster) else torch.contiguous_format
     model.to(memory_format=layout)
+    if args.compile:
+        compile_step(model, objective, args.compile)
     processes = f" per process x {world} processes" if world > 1 else ""
     log(f"training on {device}: {len(train_set)} images, {len(names)} identities, batch {args.batch_size}{processes}, "
         f"{iters_per_epoch} iterations per epoch, epochs {epoch}..{args.epoch_num - 1}, "
@@ -268,16 +359,15 @@ def train(args, log, stop, rank, world, device):
         return {k: v.contiguous() for k, v in net.state_dict().items()}
 
     def save_resume(epoch, batch):
+        monitor.check()
         if not main_process:
             return
         atomic_save({"model": weights(), "optimizer": optimizer.state_dict(), "epoch": epoch, "batch": batch,
                      "images": len(train_set), "world": world, "rng": rng_state(), "args": vars(args)}, resume_path)
 
-    def last_good():
-        return f"last resume point: {resume_path}" if os.path.exists(resume_path) else "no resume point written yet"
-
     # ---- training loop ----
     done = 0
+    monitor = StepMonitor(device)
     model.train()
     while epoch < args.epoch_num:
         train_set.set_epoch(epoch)
@@ -286,28 +376,21 @@ def train(args, log, stop, rank, world, device):
         loader = DataLoader(train_set, batch_size=args.batch_size, sampler=order, num_workers=args.num_workers,
                             drop_last=True, pin_memory=device.type == "cuda", worker_init_fn=leave_signals_to_main)
         correct = seen = 0
-        sums, tic = {}, time.time()
-        for it, (low, seg, labels, pos, neg) in enumerate(loader, start=start_batch):
-            low, seg, labels, pos, neg = (t.to(device, non_blocking=True) for t in (low, seg, labels, pos, neg))
-            try:
-                enhanced, total, terms, logits = train_step(model, objective, optimizer, (low, seg, labels, pos, neg),
-                                                            args.amp)
-            except NonFiniteStep as e:
-                log.fail(f"{e} at epoch {epoch} iteration {it + 1}; stopped before writing these weights ({last_good()})")
-
-            correct += (logits.argmax(1) == labels).sum().item()
-            seen += len(labels)
-            for k, v in {"loss": total.detach(), **terms}.items():
-                sums[k] = sums.get(k, 0.0) + v.item()
+        monitor.reset(epoch)
+        tic = time.time()
+        for it, batch in enumerate(loader, start=start_batch):
+            batch = [t.to(device, non_blocking=True) for t in batch]
+            train_step(model, objective, optimizer, batch, monitor, args.precision, it + 1)
             done += 1
             if (it + 1) % args.log_every == 0:
-                brightness = (enhanced.detach() * enhanced.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1).mean()
                 n = min(args.log_every, it + 1 - start_batch)
-                means = " ".join(f"{k} {v / n:.4f}" for k, v in sums.items() if k != "loss")
-                log(f"epoch {epoch} iter {it + 1}/{iters_per_epoch} loss {sums['loss'] / n:.4f} "
-                    f"face_acc {correct / seen:.4f} brightness {brightness.item():.4f} | {means} | "
+                means, faces, images, brightness = monitor.read()  # the one copy to the host per log line
+                correct, seen = correct + faces, seen + images
+                terms = " ".join(f"{k} {v:.4f}" for k, v in means.items() if k != "loss")
+                log(f"epoch {epoch} iter {it + 1}/{iters_per_epoch} loss {means['loss']:.4f} "
+                    f"face_acc {correct / seen:.4f} brightness {brightness:.4f} | {terms} | "
                     f"{(time.time() - tic) / n:.2f} s/it")
-                sums, tic = {}, time.time()
+                tic = time.time()
             finished_epoch = it + 1 == iters_per_epoch
             stopping = distributed.any_rank(bool(stop["signal"])) or (args.max_iters and done >= args.max_iters)
             if stopping or (not finished_epoch and (it + 1) % args.save_every == 0):
@@ -315,6 +398,7 @@ def train(args, log, stop, rank, world, device):
             if stopping:
                 log(f"stopped at epoch {epoch} iteration {it + 1}; continue with --resume ({resume_path})")
                 return
+        monitor.check()
         if main_process:
             atomic_save(weights(), os.path.join(args.checkpoint_root, f"epoch{epoch}.pth"))
         epoch, start_batch = epoch + 1, 0

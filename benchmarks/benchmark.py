@@ -2,18 +2,24 @@
 
     python benchmarks/benchmark.py                                   # CPU: every part (about 20 minutes on 2 cores)
     python benchmarks/benchmark.py --quick                           # smoke run: small sizes, one repeat
-    python benchmarks/benchmark.py --device cuda --amp --json benchmarks/cuda.json
+    python benchmarks/benchmark.py --device cuda --precision bf16 --json benchmarks/cuda.json   # (--amp: the same)
+    python benchmarks/benchmark.py --device cuda --precision tf32 --compile --json benchmarks/cuda_tf32.json
 
 Parts
-  1 ceiling   one dense 3x3 convolution, 128->128 channels at 384x384, float32 (bf16 with --amp), channels_last
-              (the layout the project computes in): the machine's achievable GFLOP/s, the denominator below
-  2 enhance   the enhancement network alone (inference, nets.enhance.enhance) at 384x384 and 1024x1024
-  3 test.py   test.main on a folder of 64 JPEGs of 384x384: images/s, and the ratio to part 2's rate, which is timed
-              again beside each of the three runs (a shared machine's speed drifts over minutes)
+  1 ceiling   one dense 3x3 convolution, 128->128 channels at 384x384, in the --precision (fp32, tf32 or bf16),
+              channels_last (the layout the project computes in): the machine's achievable GFLOP/s, the denominator
+  2 enhance   the enhancement network alone (inference, nets.enhance.enhance) at 384x384 and 1024x1024, and in
+              batches of --test_batch at 384x384
+  3 test.py   test.main on a folder of JPEGs of 384x384 (64; 1024 on a GPU) in batches of --test_batch (1 on the CPU,
+              16 on a GPU): images/s, and the ratio to part 2's rate at that batch size, which is timed again beside
+              each of the three runs (a shared machine's speed drifts over minutes)
   4 large     a 4096x4096 and a 6000x4000 image through enhance() in test.py's tiles (512, halo 11): time, peak memory
-  5 train     one training step (batch 2, 384x384, all losses, as train.py): time, peak memory, a breakdown
-              into parts and the roofline efficiency = the step's FLOPs / step time / ceiling
-  6 eval.py   eval.main on 256 face images (recognition, detection batched): images/s
+  5 train     one training step (batch 2, 384x384, all losses, train.py's train_step): time, images/s, peak memory,
+              a breakdown into parts and the roofline efficiency = the step's FLOPs / step time / ceiling
+  6 train_largest  (CUDA) the same at the largest batch that fits: batches 4, 8, 16, ... until one runs out of memory
+  7 eval.py   eval.main on 256 face images (recognition, detection batched; 2048 on a GPU): images/s
+  8 precision each --precision's pixels against the CPU's float32 result (levels of 255, max and mean) of the
+              enhancement network on 8 images of 384x384 (--enhance_checkpoint's weights, else random ones)
 
 FLOPs are counted by forward hooks on every nn.Conv2d and nn.Linear (FlopCounter): a call's forward is 2 x its
 multiply-adds (output elements x input channels per group x kernel area; output elements x input features);
@@ -47,11 +53,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from utils.checks import ArgumentParser, device_name, integer  # noqa: E402
+from utils.checks import ArgumentParser, add_precision_flags, device_name, integer  # noqa: E402
 
 TEST_RETINAFACE = ROOT / "tests" / "weights" / "Retinaface_mobilenet0.25.pth"  # the published detector
 ENHANCE_MACS_PER_PIXEL = 458_928
-PART_NAMES = ("ceiling", "enhance", "test_py", "large", "large_4096x4096", "large_6000x4000", "train", "eval_py")
+PART_NAMES = ("ceiling", "enhance", "test_py", "large", "large_4096x4096", "large_6000x4000", "train", "train_largest",
+              "eval_py", "precision")
 
 
 def part_names(text):
@@ -65,13 +72,17 @@ def part_names(text):
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast for the convolution, enhancement and training "
-                   "parts (for CUDA)")
+    add_precision_flags(p)
+    p.add_argument("--compile", action="store_true", help="the training parts with train.py --compile")
+    p.add_argument("--test_batch", type=integer(1), default=None, help="test.py's batch size (default: 1 on the CPU, "
+                   "16 on a GPU)")
+    p.add_argument("--enhance_checkpoint", default="checkpoint/Low-FaceNet.pth", help="weights of the precision part "
+                   "(random ones where the file is absent)")
     p.add_argument("--json", default="benchmarks/results.json", help="where the results go")
     p.add_argument("--quick", action="store_true", help="smoke run: small sizes, one repeat; figures not meaningful")
     p.add_argument("--repeat", type=integer(1), default=5, help="timed repeats of the short parts (the median is "
                    "reported)")
-    p.add_argument("--parts", type=part_names, default="ceiling,enhance,test_py,large,train,eval_py",
+    p.add_argument("--parts", type=part_names, default="ceiling,enhance,test_py,large,train,train_largest,eval_py,precision",
                    help="comma-separated subset")
     p.add_argument("--retinaface_checkpoint", default="checkpoint/Retinaface_mobilenet0.25.pth")
     p.add_argument("--facenet_checkpoint", default="checkpoint/facenet_mobilenet.pth")
@@ -98,8 +109,11 @@ from nets.losses import LowFaceNetObjective, seg_brightness_loss  # noqa: E402
 from nets.retinaface import load_retinaface  # noqa: E402
 from nets.vgg import load_vgg16, vgg16_trunk  # noqa: E402
 from utils.face_photos import make_face_photos  # noqa: E402
-from utils.images import list_images, read_image, to_tensor, to_uint8, write_image  # noqa: E402
-from utils.runtime import keep_freed_memory, median_seconds, resolve_device, timed  # noqa: E402
+import nets  # noqa: E402
+from utils.checks import PRECISIONS  # noqa: E402
+from utils.images import list_images, read_image, to_tensor, to_uint8, uint8_images, write_image  # noqa: E402
+from utils.runtime import (autocast as runtime_autocast, keep_freed_memory, median_seconds, resolve_device,  # noqa: E402
+                           set_precision, timed)
 
 # -----------------------------------------------------------------------------
 # measuring
@@ -129,7 +143,7 @@ class FlopCounter:
 
 
 def autocast(args, device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
+    return runtime_autocast(device, args.precision)
 
 
 @contextlib.contextmanager
@@ -207,33 +221,43 @@ def part_enhance(args, device, tmp):
             t = median_seconds(lambda: enhance(model, x), device, args.repeat)
         out[f"{size}x{size}"] = {"seconds": t, "gflop": flops / 1e9, "gflops": flops / t / 1e9,
                                  "ceiling_beside": ceiling(args, device, 9)["gflops"]}
+    if args.test_batch > 1:  # test.py's batches
+        size = 128 if args.quick else 384
+        x = torch.rand(args.test_batch, 3, size, size, device=device)
+        with autocast(args, device):
+            t = median_seconds(lambda: enhance(model, x), device, args.repeat)
+        flops = 2 * ENHANCE_MACS_PER_PIXEL * size * size * args.test_batch
+        out[f"{size}x{size} in batches of {args.test_batch}"] = {
+            "seconds": t, "gflop": flops / 1e9, "gflops": flops / t / 1e9, "images_per_s": args.test_batch / t,
+            "ceiling_beside": ceiling(args, device, 9)["gflops"]}
     return out
 
 
 def part_test_py(args, device, tmp):
     import test as test_script
-    count, size = (8, 128) if args.quick else (64, 384)
+    count, size = (8, 128) if args.quick else (1024 if device.type == "cuda" else 64, 384)
     rng = np.random.default_rng(0)
     for i in range(count):
         write_image(random_image(rng, size, size), os.path.join(tmp, "in", f"img_{i:03d}.jpg"))
     model = enhancement_model(device)
     checkpoint = os.path.join(tmp, "enhance.pth")
     torch.save(model.state_dict(), checkpoint)
-    x = torch.rand(1, 3, size, size, device=device)
+    x = torch.rand(args.test_batch, 3, size, size, device=device)
     runs, ratios = [], []
     for run in range(1 if args.quick else 3):
         argv = ["--underexposed_path", os.path.join(tmp, "in"), "--enhanced_path", os.path.join(tmp, f"out{run}"),
-                "--enhance_checkpoint", checkpoint, "--device", str(device)] + (["--amp"] if args.amp else [])
+                "--enhance_checkpoint", checkpoint, "--device", str(device), "--precision", args.precision,
+                "--batch_size", str(args.test_batch)]
         with quiet():
             code, t = timed(lambda: test_script.main(argv), device)
         assert code == 0 and len(list_images(os.path.join(tmp, f"out{run}"))[0]) == count
         with autocast(args, device):  # part 2 again, beside each run: a shared machine's speed drifts in minutes
             alone = median_seconds(lambda: enhance(model, x), device, max(args.repeat, 9))
         runs.append(t)
-        ratios.append(count / t * alone)
+        ratios.append(count / t * alone / args.test_batch)
     t = statistics.median(runs)
-    return {"images": count, "size": f"{size}x{size}", "seconds": t, "images_per_s": count / t,
-            "of_network_alone": statistics.median(ratios)}
+    return {"images": count, "size": f"{size}x{size}", "batch": args.test_batch, "seconds": t,
+            "images_per_s": count / t, "of_network_alone": statistics.median(ratios)}
 
 
 def part_large(args, device, tmp, h, w):
@@ -252,8 +276,9 @@ def part_large(args, device, tmp, h, w):
             "ceiling_beside": ceiling(args, device, 9)["gflops"]}
 
 
-def training_setup(args, device, tmp):
-    """(model, objective, optimizer, batch) as train.py builds them, batch 2 of real faces."""
+def training_setup(args, device, tmp, batch_size=2):
+    """(model, objective, optimizer, monitor, batch, note) as train.py builds them, a batch of real faces."""
+    import train
     size = 128 if args.quick else 384
     retinaface, facenet_path, note = face_weights(args, tmp)
     vgg = load_vgg16(args.vgg_checkpoint, device) if args.vgg_checkpoint else vgg16_trunk().to(device)
@@ -261,22 +286,23 @@ def training_setup(args, device, tmp):
     face_loss = FaceRecognitionLoss(load_retinaface(retinaface, device), load_facenet(facenet_path, device=device),
                                     database)
     objective = LowFaceNetObjective(vgg, face_loss).to(device)
-    model = init_weights(EnhanceNet()).to(device, memory_format=training_layout(device, args.amp)).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    layout = training_layout(device, args.precision == "bf16")
+    model = init_weights(EnhanceNet()).to(device, memory_format=layout).train()
+    optimizer = train.make_optimizer(model, train.parse_args([]))
     photos = face_photos(args, tmp)
-    images = torch.stack([to_tensor(read_image(str(p))) for p in photos[:6]])
+    images = torch.stack([to_tensor(read_image(str(photos[k % len(photos)]))) for k in range(3 * batch_size)])
     images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
-    low, pos, neg = images[0:2] * 0.35, images[2:4], images[4:6] * 0.35
-    seg = torch.randint(0, 11, (2, size, size))
-    labels = torch.randint(0, len(database), (2,))
+    low, pos, neg = images[:batch_size] * 0.35, images[batch_size:2 * batch_size], images[2 * batch_size:] * 0.35
+    seg = torch.randint(0, 11, (batch_size, size, size))
+    labels = torch.randint(0, len(database), (batch_size,))
     batch = [t.to(device) for t in (low, seg, labels, pos, neg)]
-    return model, objective, optimizer, batch, note
+    return model, objective, optimizer, train.StepMonitor(device), batch, note
 
 
-def training_step(args, device, model, objective, optimizer, batch):
-    """One step of train.py (its own function, checks of finite values included); the face logits."""
+def training_step(args, model, objective, optimizer, monitor, batch):
+    """One step of train.py (its own function, the finite checks on the device included); the face logits."""
     from train import train_step
-    return train_step(model, objective, optimizer, batch, args.amp)[3]
+    return train_step(model, objective, optimizer, batch, monitor, args.precision)[3]
 
 
 def training_step_in_parts(args, device, model, objective, optimizer, batch):
@@ -322,12 +348,16 @@ def training_step_in_parts(args, device, model, objective, optimizer, batch):
     return times
 
 
-def part_train(args, device, tmp):
-    model, objective, optimizer, batch, note = training_setup(args, device, tmp)
-    step = lambda: training_step(args, device, model, objective, optimizer, batch)
-    for _ in range(3):  # warm-up: the heap of a training process stops growing after a few steps
+def train_figures(args, device, tmp, batch_size, parts=False):
+    """Figures of training steps at `batch_size`: time, images/s, FLOPs, faces found (and the parts' times)."""
+    import train
+    model, objective, optimizer, monitor, batch, note = training_setup(args, device, tmp, batch_size)
+    step = lambda: training_step(args, model, objective, optimizer, monitor, batch)
+    with FlopCounter() as counter:  # eager: hooks do not run inside compiled code (the FLOPs are the same)
         logits = step()
-    with FlopCounter() as counter:
+    if args.compile:
+        train.compile_step(model, objective)
+    for _ in range(3):  # warm-up: the heap of a training process stops growing after a few steps; compiling
         step()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -335,20 +365,41 @@ def part_train(args, device, tmp):
     for _ in range(args.repeat):
         times.append(timed(step, device)[1])
         beside.append(ceiling(args, device, 3)["gflops"])
-    parts = training_step_in_parts(args, device, model, objective, optimizer, batch)
+    monitor.check()
     t = statistics.median(times)
     layout = "channels_last" if model.e_conv2.weight.is_contiguous(memory_format=torch.channels_last) else "NCHW"
-    return {"batch": 2, "size": tuple(batch[0].shape[-2:]), "layout": layout, "seconds": t, "seconds_all": times,
-            "gflop_forward": counter.forward / 1e9, "gflop_backward": counter.backward / 1e9,
-            "gflop": (counter.forward + counter.backward) / 1e9,
+    return {"batch": batch_size, "size": tuple(batch[0].shape[-2:]), "layout": layout, "seconds": t,
+            "seconds_all": times, "images_per_s": batch_size / t, "gflop_forward": counter.forward / 1e9,
+            "gflop_backward": counter.backward / 1e9, "gflop": (counter.forward + counter.backward) / 1e9,
             "gflops": (counter.forward + counter.backward) / t / 1e9, "faces_found": int((logits != 0).any(1).sum()),
-            "parts": parts, "weights": note, "ceiling_beside": statistics.median(beside)}
+            "parts": training_step_in_parts(args, device, model, objective, optimizer, batch) if parts else {},
+            "weights": note, "ceiling_beside": statistics.median(beside)}
+
+
+def part_train(args, device, tmp):
+    return train_figures(args, device, tmp, 2, parts=True)
+
+
+def part_train_largest(args, device, tmp):
+    """The training step at the largest batch that fits: 4, 8, 16, ... until one runs out of the GPU's memory."""
+    if device.type != "cuda":
+        return {"skipped": "on CUDA only (a CPU's memory holds batches far beyond useful ones)"}
+    best, batch_size = None, 4
+    while batch_size <= (8 if args.quick else 1024):
+        try:
+            best = train_figures(args, device, tmp, batch_size)
+        except torch.OutOfMemoryError:
+            break
+        finally:
+            torch.cuda.empty_cache()
+        batch_size *= 2
+    return best or {"error": "batch 4 does not fit"}
 
 
 def part_eval_py(args, device, tmp):
     import eval as eval_script
     from utils.face_database import load_encodings
-    count = 32 if args.quick else 256
+    count = 32 if args.quick else 2048 if device.type == "cuda" else 256
     retinaface, facenet_path, note = face_weights(args, tmp)
     data = Path(tmp) / "dataset" / "LFW"
     photos = face_photos(args, tmp)
@@ -368,6 +419,28 @@ def part_eval_py(args, device, tmp):
     assert code == 0
     return {"images": count, "seconds": t, "images_per_s": count / t, "batch_size": 16, "weights": note}
 
+
+def part_precision(args, device, tmp, count=8):
+    """Pixels (levels of 255) of the enhancement network in each precision on `device` against the CPU's float32."""
+    size = 128 if args.quick else 384
+    model = enhancement_model("cpu")
+    weights = "random weights"
+    if os.path.isfile(args.enhance_checkpoint):
+        model, weights = nets.load("enhance", args.enhance_checkpoint, "cpu"), args.enhance_checkpoint
+    rng = np.random.default_rng(0)
+    x = torch.stack([to_tensor(random_image(rng, size, size)) for _ in range(count)])
+    reference = uint8_images(enhance(model, x)).int()
+    model.to(device)
+    out = {"enhance_weights": weights, "images": count, "size": f"{size}x{size}"}
+    for precision in PRECISIONS:
+        set_precision(precision)
+        with runtime_autocast(device, precision):
+            got = uint8_images(enhance(model, x.to(device)).float()).cpu().int()
+        diff = (got - reference).abs().float()
+        out[precision] = {"max_levels": diff.max().item(), "mean_levels": diff.mean().item()}
+    set_precision(args.precision)
+    return out
+
 # -----------------------------------------------------------------------------
 # one process per part
 
@@ -385,6 +458,7 @@ def run_part(name, args):
     of the machine's CPUs that other processes used meanwhile (a disturbed measurement shows)."""
     keep_freed_memory()
     device = resolve_device(args.device)
+    set_precision(args.precision)
     function, *extra = PARTS[name]
     machine_start, own_start, start = *cpu_seconds(), time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -404,7 +478,8 @@ def run_part(name, args):
 
 PARTS = {"ceiling": (part_ceiling,), "enhance": (part_enhance,), "test_py": (part_test_py,),
          "large_4096x4096": (part_large, 4096, 4096), "large_6000x4000": (part_large, 4000, 6000),
-         "train": (part_train,), "eval_py": (part_eval_py,)}
+         "train": (part_train,), "train_largest": (part_train_largest,), "eval_py": (part_eval_py,),
+         "precision": (part_precision,)}
 
 
 def run_isolated(name, args):
@@ -453,23 +528,35 @@ def table(results):
         elif name == "test_py":
             line = f"{r['images']} JPEGs of {r['size']}, {r['seconds']:.1f} s; {memory}"
             line = f"{r['of_network_alone']:.2f} of the network alone (timed beside each run); " + line
-            rows.append((name, "test.main end to end", f"{r['images_per_s']:.2f} images/s", line))
+            rows.append((name, f"test.main end to end, batches of {r['batch']}", f"{r['images_per_s']:.2f} images/s",
+                         line))
         elif name.startswith("large"):
             r["of_ceiling"] = of_ceiling(r)
             rows.append((name, f"{r['size']}, tiles of {r['tile']}", f"{r['seconds']:.1f} s",
                          f"{memory}; {r['gflops']:.1f} GFLOP/s, {share(r['of_ceiling'])}"))
-        elif name == "train":
+        elif name.startswith("train") and "skipped" in r:
+            rows.append((name, "skipped", "", r["skipped"]))
+        elif name.startswith("train"):
             r["efficiency"] = of_ceiling(r)
-            rows.append((name, f"step, batch 2, {r['size'][0]}x{r['size'][1]}, {r['layout']}", f"{r['seconds']:.2f} s",
-                         f"{r['gflop'] / 1e3:.3f} TFLOP ({r['gflop_forward'] / 1e3:.3f} forward), {r['gflops']:.1f} "
-                         f"GFLOP/s, efficiency {share(r['efficiency'])}; {memory}; faces found {r['faces_found']}/2"))
+            largest = " (the largest that fits)" if name == "train_largest" else ""
+            rows.append((name, f"step, batch {r['batch']}{largest}, {r['size'][0]}x{r['size'][1]}, {r['layout']}",
+                         f"{r['seconds']:.3f} s", f"{r['images_per_s']:.2f} images/s; {r['gflop'] / 1e3:.3f} TFLOP "
+                         f"({r['gflop_forward'] / 1e3:.3f} forward), {r['gflops']:.1f} GFLOP/s, efficiency "
+                         f"{share(r['efficiency'])}; {memory}; faces found {r['faces_found']}/{r['batch']}"))
             for part, t in r["parts"].items():
                 rows.append(("", f"  {part}", f"{t:.3f} s", ""))
-            parts_sum = sum(t for k, t in r["parts"].items() if not k.startswith("of "))
-            rows.append(("", "  sum of the parts", f"{parts_sum:.2f} s", ""))
+            if r["parts"]:
+                parts_sum = sum(t for k, t in r["parts"].items() if not k.startswith("of "))
+                rows.append(("", "  sum of the parts", f"{parts_sum:.2f} s", ""))
         elif name == "eval_py":
             rows.append((name, "eval.main, recognition", f"{r['images_per_s']:.2f} images/s",
                          f"{r['images']} images, {r['seconds']:.1f} s, detection in batches of {r['batch_size']}; {memory}"))
+        elif name == "precision":
+            for precision in PRECISIONS:
+                d = r[precision]
+                rows.append((name, f"{precision} against the CPU's float32", f"{d['max_levels']:.0f} levels max",
+                             f"mean {d['mean_levels']:.3f} levels of 255; {r['images']} images of {r['size']}, "
+                             f"{r['enhance_weights']}"))
     return rows
 
 
@@ -479,6 +566,8 @@ def main(argv=None):
         device = resolve_device(args.device)
     except ValueError as e:
         sys.exit(f"error: {e}")
+    if args.test_batch is None:
+        args.test_batch = 16 if device.type == "cuda" else 1
     wanted = args.parts.split(",")
     names = [n for n in PARTS if n in wanted or (n.startswith("large") and "large" in wanted)]
     results = {}
@@ -488,8 +577,8 @@ def main(argv=None):
     rows = table(results)
     widths = [max(len(str(row[k])) for row in rows) for k in range(3)]
     print(f"\nLow-FaceNet benchmark on {device} ({machine(device)})" + (" -- quick: not meaningful" if args.quick else ""))
-    print(f"flags: amp={args.amp} (inference, VGG and the detector compute in channels_last; the enhancement network "
-          "trains in the layout timed faster at the start, as train.py does)")
+    print(f"flags: precision={args.precision}, compile={args.compile} (inference, VGG and the detector compute in "
+          "channels_last; the enhancement network trains in the layout timed faster at the start, as train.py does)")
     for row in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[3])
     notes = sorted({r["weights"] for r in results.values() if r.get("weights")})

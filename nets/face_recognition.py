@@ -14,9 +14,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
+from torchvision.transforms.functional import _get_inverse_affine_matrix
 
 from nets.losses import global_mean
 from nets.retinaface import biggest_face
+from utils.runtime import parallel_map, to_device, to_host
 
 FACE_SIZE = 160
 
@@ -73,26 +75,53 @@ def align_faces(images, det_rows, size=FACE_SIZE):
     face). Per face: integer box (truncated, clipped at 0) cut from the tensor, rotated by the eye-line angle
     about (W//2, H//2) of the crop (bilinear, zero fill), resized to the aspect-kept size (bilinear,
     antialias=True), centred on a 128/255 canvas. Gradient flows to `images`.
+
+    The rotation is torchvision's (TF.rotate: its inverse matrix, sampling grid and grid_sample), with the
+    matrices of all faces sent to the device in one copy that does not wait: TF.rotate uploads two small
+    tensors per face, and each such upload waits for the GPU's queue. The crops are computed in float32 also
+    under bf16 autocast (a bf16 sampling grid would be off by up to half a pixel); FaceNet then runs in bf16.
     """
-    faces, found = [], []
+    boxes, thetas, found = [], [], []
     for i, row in enumerate(det_rows):
         if row is None:
             continue
         row = _floats(row)
         x1, y1, x2, y2 = (max(0, int(v)) for v in row[:4])
-        crop = images[i:i + 1, :, y1:y2, x1:x2]
-        h, w = crop.shape[-2:]
-        if h == 0 or w == 0:  # a box beyond the image's border: no face to crop
+        y2, x2 = min(y2, images.shape[-2]), min(x2, images.shape[-1])  # where slicing stops
+        h, w = y2 - y1, x2 - x1
+        if h <= 0 or w <= 0:  # a box beyond the image's border: no face to crop
             continue
-        crop = TF.rotate(crop, face_angle(row[5:]), InterpolationMode.BILINEAR, center=[w // 2, h // 2])
-        nh, nw = _letterbox_size(h, w, size)
-        crop = TF.resize(crop, [nh, nw], InterpolationMode.BILINEAR, antialias=True)
-        top, left = (size - nh) // 2, (size - nw) // 2
-        faces.append(F.pad(crop, (left, size - nw - left, top, size - nh - top), value=128 / 255))
+        centre = [1.0 * (c - s * 0.5) for c, s in zip([w // 2, h // 2], [w, h])]  # as TF.rotate
+        matrix = _get_inverse_affine_matrix(centre, -face_angle(row[5:]), [0.0, 0.0], 1.0, [0.0, 0.0])
+        theta = torch.tensor(matrix, dtype=images.dtype).reshape(2, 3).T  # _gen_affine_grid's rescaled theta
+        thetas.append(theta / torch.tensor([0.5 * w, 0.5 * h], dtype=images.dtype))
+        boxes.append((x1, y1, x2, y2))
         found.append(i)
-    if not faces:
+    if not found:
         return images.new_zeros(0, 3, size, size), found
+        return images.new_zeros(0, 3, size, size), found
+    thetas = to_device(torch.stack(thetas), images.device)
+    faces = []
+    with torch.autocast(images.device.type, enabled=False):  # geometry in float32 also under bf16 autocast
+        for k, (i, (x1, y1, x2, y2)) in enumerate(zip(found, boxes)):
+            crop = images[i:i + 1, :, y1:y2, x1:x2]
+            h, w = crop.shape[-2:]
+            grid = _base_grid(h, w, images.device, images.dtype).view(1, h * w, 3).bmm(thetas[k:k + 1])
+            crop = F.grid_sample(crop, grid.view(1, h, w, 2), "bilinear", "zeros", align_corners=False)
+            nh, nw = _letterbox_size(h, w, size)
+            crop = TF.resize(crop, [nh, nw], InterpolationMode.BILINEAR, antialias=True)
+            top, left = (size - nh) // 2, (size - nw) // 2
+            faces.append(F.pad(crop, (left, size - nw - left, top, size - nh - top), value=128 / 255))
     return torch.cat(faces), found
+
+
+def _base_grid(h, w, device, dtype):
+    """1xHxWx3 pixel-centre coordinates (x, y, 1) about the centre, as torchvision's _gen_affine_grid makes them."""
+    grid = torch.empty(1, h, w, 3, dtype=dtype, device=device)
+    grid[..., 0].copy_(torch.linspace(-w * 0.5 + 0.5, w * 0.5 - 0.5, steps=w, device=device))
+    grid[..., 1].copy_(torch.linspace(-h * 0.5 + 0.5, h * 0.5 - 0.5, steps=h, device=device).unsqueeze_(-1))
+    grid[..., 2].fill_(1)
+    return grid
 
 
 def cosine_logits(embeddings, database):
@@ -130,10 +159,9 @@ class FaceRecognitionLoss(nn.Module):
         """(loss, logits BxN, found B bool) from the embeddings of the images `found` of a batch of len(labels)."""
         logits = embeddings.new_zeros(len(labels), len(self.database), dtype=torch.float32)
         if found:
-            index = torch.tensor(found, device=labels.device)
+            index = to_device(torch.tensor(found), labels.device)
             logits = logits.index_put((index,), cosine_logits(embeddings, self.database))
-        mask = torch.zeros(len(labels), dtype=torch.bool, device=labels.device)
-        mask[found] = True
+        mask = to_device(torch.tensor([i in found for i in range(len(labels))]), labels.device)
         return global_mean(F.cross_entropy(logits, labels, reduction="none")), logits, mask
 
     def forward(self, enhanced, labels):
@@ -143,19 +171,18 @@ class FaceRecognitionLoss(nn.Module):
 @torch.no_grad()
 def encode_faces(images_rgb_uint8_list, detector, facenet, device, batch_size=32):
     """Database encodings: (Kx128 float32 CPU tensor, K kept indices) of the biggest face of each HxWx3 RGB
-    uint8 image; images without a face are left out."""
+    uint8 image; images without a face are left out. Per batch: one detector call and one FaceNet forward."""
     encodings, kept = [], []
     for start in range(0, len(images_rgb_uint8_list), batch_size):
         chunk = images_rgb_uint8_list[start:start + batch_size]
-        faces = []
-        for offset, (image, dets) in enumerate(zip(chunk, detector.detect(chunk))):
-            row = biggest_face(dets)
-            face = None if row is None else align_face_numpy(image, row)
-            if face is not None:
-                faces.append(face)
-                kept.append(start + offset)
-        if faces:
-            encodings.append(facenet(torch.cat(faces).to(device)).float().cpu())
+        rows = [biggest_face(dets) for dets in detector.detect(chunk)]
+        faces = parallel_map(lambda k: None if rows[k] is None else align_face_numpy(chunk[k], rows[k]),
+                             range(len(chunk)))  # crops in threads
+        found = [k for k, face in enumerate(faces) if face is not None]  # no face, or a box without pixels
+        kept += [start + k for k in found]
+        if found:  # one copy to the device that does not wait, one back
+            batch = torch.cat([faces[k] for k in found])
+            encodings.append(to_host(facenet(to_device(batch, torch.device(device))).float()))
     if not encodings:
         return torch.zeros(0, 128), kept
     return torch.cat(encodings), kept

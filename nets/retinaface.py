@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torchvision.ops import nms
 
 import nets
+from utils.runtime import parallel_map, to_host
 
 
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))
@@ -156,12 +157,18 @@ def decode_landm(pre, priors, variances=VARIANCES):
 
 
 class FaceDetector:
-    """Letterbox to size x size, one forward per batch, confidence threshold, NMS, back to original pixels."""
+    """Letterbox to size x size, one forward per batch, confidence threshold, NMS, back to original pixels.
 
-    def __init__(self, model, device="cpu", confidence=0.5, nms_iou=0.3, size=640):
+    The network and the confidence threshold run on the device; the candidates above the threshold (at most
+    `max_candidates` per image, in the network's order) come to the host in one copy per batch, where NMS and the
+    mapping back to pixels run as the published code's did. A GPU then waits for the host once per batch (not
+    three times per image); an image with more candidates than `max_candidates` (none of the test photos has
+    more than 170) costs one more copy, and the result is the same."""
+
+    def __init__(self, model, device="cpu", confidence=0.5, nms_iou=0.3, size=640, max_candidates=2048):
         self.device = torch.device(device)
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()  # faster on CPUs and GPUs
-        self.confidence, self.nms_iou, self.size = confidence, nms_iou, size
+        self.confidence, self.nms_iou, self.size, self.max_candidates = confidence, nms_iou, size, max_candidates
         self.priors = priors((size, size)).to(self.device)
         self.mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1)
 
@@ -173,8 +180,9 @@ class FaceDetector:
     def preprocess(self, images):
         """(Bx3xSxS float32 network input on self.device, [(h, w)] original sizes).
 
-        images: a list of HxWx3 RGB arrays (uint8 or float, 0..255), resized with cv2 (bilinear),
-        or a Bx3xHxW float tensor in 0..255, resized with F.interpolate (bilinear, the same as cv2 here)."""
+        images: a list of HxWx3 RGB arrays (uint8 or float, 0..255), resized with cv2 (bilinear) in threads into
+        one batch that goes to the device without waiting, or a Bx3xHxW float tensor in 0..255, resized with
+        F.interpolate (bilinear, the same as cv2 here)."""
         S = self.size
         if isinstance(images, torch.Tensor):
             x = images.detach().to(self.device, torch.float32)
@@ -183,18 +191,19 @@ class FaceDetector:
             x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=False)
             top, left = (S - nh) // 2, (S - nw) // 2
             return F.pad(x, (left, S - nw - left, top, S - nh - top), value=128.0) - self.mean, [(h, w)] * b
-        canvases, shapes = [], []
-        for img in images:
-            img = np.asarray(img, dtype=np.float32)
+        batch = torch.empty(len(images), S, S, 3, pin_memory=self.device.type == "cuda")  # filled in threads
+
+        def paste(k):
+            img = np.asarray(images[k], dtype=np.float32)
             h, w = img.shape[:2]
             nh, nw = self._fit(h, w)
-            canvas = np.full((S, S, 3), 128.0, dtype=np.float32)
+            canvas = batch[k].numpy()
+            canvas.fill(128.0)
             top, left = (S - nh) // 2, (S - nw) // 2
             canvas[top:top + nh, left:left + nw] = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
-            canvases.append(canvas)
-            shapes.append((h, w))
-        batch = torch.from_numpy(np.stack(canvases)).permute(0, 3, 1, 2).to(self.device)
-        return batch - self.mean, shapes
+            return h, w
+        shapes = parallel_map(paste, range(len(images)))
+        return batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2) - self.mean, shapes
 
     @torch.no_grad()
     def detect(self, images):
@@ -203,12 +212,21 @@ class FaceDetector:
         if len(images) == 0:
             return []
         batch, shapes = self.preprocess(images)
-        loc, conf, landms = self.model(batch)
+        loc, conf, landms = (t.float() for t in self.model(batch))
         dets = torch.cat([decode(loc, self.priors), conf[..., 1:], decode_landm(landms, self.priors)], -1)
+        above = dets[..., 4] >= self.confidence
+        first = torch.argsort((~above).to(torch.uint8), dim=1, stable=True)[:, :self.max_candidates]  # kept ones first
+        candidates = dets.gather(1, first[..., None].expand(-1, -1, dets.shape[-1]))
+        host = to_host(torch.cat([above.sum(1, keepdim=True).to(dets.dtype), candidates.flatten(1)], 1))
         out = []
-        for d, (h, w) in zip(dets, shapes):
-            d = d[d[:, 4] >= self.confidence]
-            d = d[nms(d[:, :4], d[:, 4], self.nms_iou)].double().cpu()
+        for k, (row, (h, w)) in enumerate(zip(host, shapes)):
+            count = int(row[0])
+            if count <= self.max_candidates:
+                d = row[1:].view(-1, dets.shape[-1])[:count]
+            else:  # all of this image's rows, selected on the host
+                d = to_host(dets[k])
+                d = d[d[:, 4] >= self.confidence]
+            d = d[nms(d[:, :4], d[:, 4], self.nms_iou)].double()
             out.append(self._unletterbox(d, h, w))
         return out
 

@@ -41,6 +41,18 @@ def test_speed_benchmark_passes_amp_on_to_test_py(tmp_path):
     assert results["images"] == 8 and results["images_per_s"] > 0
 
 
+def test_speed_benchmark_reports_each_precision_against_the_cpu(tmp_path, capsys):
+    out = tmp_path / "precision.json"
+    benchmark.main(["--quick", "--parts", "precision,train_largest", "--json", str(out)])
+    results = json.loads(out.read_text())["results"]
+    precision = results["precision"]
+    assert "error" not in precision, precision["error"]
+    assert precision["fp32"] == precision["tf32"] == {"max_levels": 0, "mean_levels": 0}  # the CPU has no TF32
+    assert 0 < precision["bf16"]["mean_levels"] < 1 <= precision["bf16"]["max_levels"] < 8  # bf16 autocast is on
+    assert "CUDA only" in results["train_largest"]["skipped"]
+    assert "bf16 against the CPU's float32" in capsys.readouterr().out
+
+
 def test_demo_bar():
     dark = {"psnr": 10.0, "ssim": 0.5, "da": 1.0, "db": 1.0, "faces": 3}
     clahe = {"psnr": 12.0, "ssim": 0.6, "da": 1.0, "db": 1.0, "faces": 3}

@@ -116,3 +116,15 @@ def escape_unprintable_names():
     stopping with UnicodeEncodeError, so that every line still names its file."""
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="backslashreplace")
+
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def add_precision_flags(parser, default="tf32"):
+    """--precision fp32|tf32|bf16 and --amp (the same as --precision bf16, the flag of earlier versions)."""
+    parser.add_argument("--precision", choices=PRECISIONS, default=default,
+                        help="CUDA arithmetic: fp32 (IEEE float32 everywhere, the CPU's numbers to rounding), tf32 "
+                        "(float32 convolutions on TF32 tensor cores, PyTorch's default and the published code's), bf16 "
+                        "(tf32 plus bf16 autocast of the networks); only bf16 changes anything on the CPU")
+    parser.add_argument("--amp", dest="precision", action="store_const", const="bf16", help="same as --precision bf16")

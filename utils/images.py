@@ -100,9 +100,15 @@ def to_tensor(image):
     return torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
 
 
+def uint8_images(tensor):
+    """...x3xHxW tensor -> ...xHxWx3 uint8 tensor on the same device, rounded exactly as torchvision's save_image:
+    floor(clamp(x*255+0.5, 0, 255)). A whole batch converts where it was computed and goes to the host in one copy."""
+    return tensor.detach().mul(255).add_(0.5).clamp_(0, 255).movedim(-3, -1).to(torch.uint8)
+
+
 def to_uint8(tensor):
-    """3xHxW tensor -> HxWx3 uint8 array exactly as torchvision's save_image rounds: floor(clamp(x*255+0.5, 0, 255))."""
-    return tensor.detach().mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to("cpu", torch.uint8).numpy()
+    """3xHxW tensor -> HxWx3 uint8 array, as save_image writes it (see uint8_images)."""
+    return uint8_images(tensor).cpu().numpy()
 
 
 def write_image(array, path):

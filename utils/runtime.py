@@ -1,12 +1,17 @@
-"""Run-time set-up shared by the scripts: device choice, seeding, timing and the memory allocator."""
+"""Run-time set-up shared by the scripts: device choice, numeric precision, seeding, timing, copies between host and
+device that do not wait for the device's queue, threads for work outside the GIL, and the memory allocator."""
 import ctypes
+import os
 import random
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+
+from utils.checks import PRECISIONS
 
 
 def resolve_device(name="auto"):
@@ -31,6 +36,62 @@ def resolve_device(name="auto"):
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError(f"--device {name}: Apple MPS is not available here; use --device cpu (or auto)")
     return device
+
+
+def set_precision(precision):
+    """Set the process-wide TF32 switch of CUDA's float32 convolutions for `precision` (fp32: off; tf32 and bf16: on,
+    PyTorch's default). Matrix products stay IEEE float32 (PyTorch's default too): the face crops' sampling grids
+    are matrix products, which TF32 would move by a tenth of a pixel."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    torch.backends.cudnn.allow_tf32 = precision != "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def autocast(device, precision):
+    """The autocast context of `precision` on `device`: bf16 autocast for bf16, none otherwise."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def to_device(tensor, device):
+    """`tensor` (host memory) on `device`. On CUDA it goes through pinned memory without blocking: the host does
+    not wait for the device's queue (a plain copy of pageable memory does)."""
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
+def to_host(tensor):
+    """A copy of `tensor` in host memory (a new tensor, also where `tensor` is there already). On CUDA the host waits
+    for the device to finish the work queued before the copy."""
+    return tensor.to("cpu", copy=True)
+
+
+def start_to_host(tensor):
+    """(host tensor, wait): starts copying `tensor` to the host and returns at once; the copy is complete when wait()
+    returns. On CUDA the copy goes into pinned memory behind the work already queued, and wait() waits for that
+    work and the copy, not for what the host queues in between; elsewhere the copy is made at once."""
+    if tensor.device.type != "cuda":
+        return to_host(tensor), lambda: None
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return host, done.synchronize
+
+
+_threads = None
+
+
+def parallel_map(fn, items):
+    """[fn(x) for x in items], computed by a pool of as many threads as CPUs (made at the first call): for work that
+    runs outside the GIL, such as OpenCV's and NumPy's on whole images."""
+    global _threads
+    if len(items) < 2:
+        return [fn(x) for x in items]
+    if _threads is None:
+        _threads = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="parallel_map")
+    return list(_threads.map(fn, items))
 
 
 def seed_everything(seed):
