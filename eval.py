@@ -85,7 +85,7 @@ from utils.data import read_ahead  # noqa: E402
 from utils.face_database import identity_of, load_encodings  # noqa: E402
 from utils.images import ImageReadError, list_images, read_image, to_tensor  # noqa: E402
 from utils.metrics import PSNR_CAP, Average, psnr, ssim  # noqa: E402
-from utils.runtime import autocast, keep_freed_memory, resolve_device, set_precision, to_device  # noqa: E402
+from utils.runtime import autocast, keep_freed_memory, start_device, to_device  # noqa: E402
 
 
 class Pairs:
@@ -245,11 +245,7 @@ def main(argv=None):
     args = parse_args(argv)
     check_args(args)
     escape_unprintable_names()
-    try:
-        device = resolve_device(args.device)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    set_precision(args.precision)
+    device = start_device(args.device, args.precision)
     keep_freed_memory()
     images_dir, normal_dir = folders(args)
     files, _ = list_images(images_dir, say=print)

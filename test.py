@@ -72,8 +72,7 @@ from utils.checkpoint import CheckpointError  # noqa: E402
 from utils.data import read_ahead  # noqa: E402
 from utils.images import (ImageReadError, list_images, read_image, side_by_side, uint8_images,  # noqa: E402
                           write_image)
-from utils.runtime import (autocast, keep_freed_memory, resolve_device, set_precision, start_to_host,  # noqa: E402
-                           to_device)
+from utils.runtime import autocast, keep_freed_memory, start_device, start_to_host, to_device  # noqa: E402
 
 
 class ImageFiles:
@@ -125,11 +124,7 @@ def main(argv=None):
     args = parse_args(argv)
     check_args(args)
     escape_unprintable_names()
-    try:
-        device = resolve_device(args.device)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    set_precision(args.precision)
+    device = start_device(args.device, args.precision)
     files, passed_over = list_images(args.underexposed_path, say=print)
     if not files:
         sys.exit(f"error: no images found in {args.underexposed_path}")

@@ -38,6 +38,17 @@ def resolve_device(name="auto"):
     return device
 
 
+def start_device(name, precision):
+    """The device `name` (resolve_device) with `precision` set (set_precision), or exit with one line when this
+    machine has no such device: the start of each script's work."""
+    try:
+        device = resolve_device(name)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    set_precision(precision)
+    return device
+
+
 def set_precision(precision):
     """Set the process-wide TF32 switch of CUDA's float32 convolutions for `precision` (fp32: off; tf32 and bf16: on,
     PyTorch's default). Matrix products stay IEEE float32 (PyTorch's default too): the face crops' sampling grids
