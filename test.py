@@ -15,11 +15,10 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-import torch
 from tqdm import tqdm
 
 import nets
-from nets.enhance import enhance
+from nets.enhance import enhance_images
 from utils.checkpoint import CheckpointError
 from utils.data import read_ahead
 from utils.images import ImageReadError, list_images, read_image, side_by_side, to_tensor, to_uint8, write_image
@@ -119,18 +118,15 @@ def main(argv=None):
     written = 0
     with ThreadPoolExecutor(max_workers=2) as writer, tqdm(total=len(todo), unit="img") as bar:
         for batch in loader:
-            by_size = {}
+            good = []
             for rel, x in batch:
                 if isinstance(x, str):
                     failed.append(x)
                     tqdm.write(f"failed {x}")
                 else:
-                    by_size.setdefault(tuple(x.shape), []).append((rel, x))
-            for group in by_size.values():
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
-                    r = enhance(model, torch.stack([x for _, x in group]).to(device), tile=args.tile).float()
-                for (rel, x), img in zip(group, r):
-                    pending.append((rel, writer.submit(save, rel, x, to_uint8(img))))
+                    good.append((rel, x))
+            for (rel, x), img in zip(good, enhance_images(model, [x for _, x in good], device, args.tile, args.amp)):
+                pending.append((rel, writer.submit(save, rel, x, to_uint8(img))))
             finish(max(0, len(pending) - 4 * args.batch_size))
             bar.update(len(batch))
         finish(len(pending))

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
 
 import nets
 from nets.enhance import EnhanceNet, init_weights, training_layout
@@ -38,9 +39,13 @@ from nets.retinaface import load_retinaface
 from nets.vgg import load_vgg16
 from utils.checkpoint import CheckpointError, atomic_save, read_checkpoint
 from utils import distributed
-from utils.data import TrainSet
+from utils.data import TrainingDataGone, TrainSet
 from utils.face_database import load_encodings
+from utils.images import write_image
+from utils.metrics import brightness
+from utils.monitor import Board, progress, write_run_record
 from utils.runtime import keep_freed_memory, seed_everything
+from utils.validation import BEST_METRICS, BestCheckpoint, Validation
 
 
 def parse_args(argv=None):
@@ -83,6 +88,13 @@ def parse_args(argv=None):
                    "at the start (contiguous, the published one, with --deterministic); results do not depend on it")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels only (bit-reproducible runs "
                    "and resumes on one device; slower on CUDA)")
+    p.add_argument("--val_dataset", default=None, help="validate on DATASET_ROOT/NAME/{underexposed,normal} every "
+                   "--val_every epochs: PSNR, SSIM, brightness, face accuracy; best.pth and preview pictures")
+    p.add_argument("--val_every", type=int, default=1, help="epochs between validations")
+    p.add_argument("--best_metric", default="face_acc", choices=BEST_METRICS, help="the validation measure that "
+                   "chooses CHECKPOINT_ROOT/best.pth (ties by PSNR)")
+    p.add_argument("--preview_images", type=int, default=4, help="validation images in each preview picture, "
+                   "LOG_FOLDER/previews/epoch{N}.png (rows input | enhanced | normal)")
     return p.parse_args(argv)
 
 
@@ -96,7 +108,8 @@ class Log:
 
     def __call__(self, line):
         if self.main:
-            print(line, flush=True)
+            tqdm.write(line, file=sys.stdout)  # above the progress bar, when there is one
+            sys.stdout.flush()
             with open(self.path, "a") as f:
                 f.write(line + "\n")
 
@@ -155,6 +168,8 @@ def main(argv=None):
     handlers = {sig: signal.signal(sig, lambda s, _: stop.update(signal=s)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         train(args, log, stop, rank, world, device)
+    except TrainingDataGone as e:  # raised in a loader worker, its message ends with the worker's traceback
+        log.fail(str(e).strip().splitlines()[-1].removeprefix(f"{TrainingDataGone.__module__}.TrainingDataGone: "))
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
@@ -171,6 +186,7 @@ def train(args, log, stop, rank, world, device):
             [args.contrast_positive_path, args.contrast_negative_path]:
         if not os.path.isdir(folder):
             log.fail(f"{folder}: folder not found")
+    validation = check_validation_set(args, log, main_process)
     try:
         detector = load_retinaface(args.retinaface_checkpoint, device)
         facenet = load_facenet(args.facenet_checkpoint, args.backbone, device)
@@ -183,9 +199,13 @@ def train(args, log, stop, rank, world, device):
                                      args.contrast_negative_path, args.seed)
                 unreadable = train_set.unreadable() if main_process else []
             distributed.barrier()
+        if validation and main_process:  # rank 0 alone validates
+            validation.load_face_database(args.database_root, args.encoding_root, detector, facenet,
+                                          args.facenet_checkpoint, device)
         vgg = load_vgg16(args.vgg_checkpoint, device)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         log.fail(str(e))
+    train_set.report = log if main_process else print  # a file that stops being readable later: a line, skipped
     for line in unreadable:
         log(f"unreadable {line}")
     if unreadable:
@@ -201,6 +221,7 @@ def train(args, log, stop, rank, world, device):
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     resume_path = os.path.join(args.checkpoint_root, "resume.pth")
     epoch, start_batch = args.start_epoch, 0
+    best = BestCheckpoint(os.path.join(args.checkpoint_root, "best.pth"), args.best_metric, args.val_dataset)
     if args.resume:
         path = args.resume_checkpoint or resume_path
         try:
@@ -214,6 +235,7 @@ def train(args, log, stop, rank, world, device):
                 optimizer.load_state_dict(state["optimizer"])
                 epoch, start_batch = state["epoch"], state["batch"]
                 restore_rng(state["rng"])
+                best.load_state_dict(state.get("best"))
             else:
                 model = nets.load("enhance", path, device).train()
                 optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -222,6 +244,8 @@ def train(args, log, stop, rank, world, device):
         except (KeyError, RuntimeError) as e:
             log.fail(f"{path}: cannot resume ({type(e).__name__}: {str(e).splitlines()[0]})")
         log(f"resumed from {path} at epoch {epoch}, iteration {start_batch}")
+        if validation:
+            log(f"best so far: {best.describe()}")
     layout = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}.get(args.memory_format)
     if layout is None:  # every rank must hold the same layout: channels_last if any rank timed it faster
         timed_faster = not args.deterministic and training_layout(device, args.amp) == torch.channels_last
@@ -231,6 +255,11 @@ def train(args, log, stop, rank, world, device):
     log(f"training on {device}: {len(train_set)} images, {len(names)} identities, batch {args.batch_size}{processes}, "
         f"{iters_per_epoch} iterations per epoch, epochs {epoch}..{args.epoch_num - 1}, "
         f"{str(layout).removeprefix('torch.')}")
+    log_dir = os.path.dirname(os.path.abspath(args.log_path))
+    board = Board(os.path.join(log_dir, "tensorboard"), main_process,
+                  purge_step=epoch * iters_per_epoch + start_batch + 1)  # the first step this run writes
+    if main_process:
+        write_run_record(os.path.join(log_dir, "run.json"), args, device, world)
 
     net = model  # the bare network, whose state dict the checkpoints hold
     if world > 1:
@@ -243,10 +272,28 @@ def train(args, log, stop, rank, world, device):
         if not main_process:
             return
         atomic_save({"model": weights(), "optimizer": optimizer.state_dict(), "epoch": epoch, "batch": batch,
-                     "images": len(train_set), "world": world, "rng": rng_state(), "args": vars(args)}, resume_path)
+                     "images": len(train_set), "world": world, "rng": rng_state(), "args": vars(args),
+                     "best": best.state_dict()}, resume_path)
 
     def last_good():
         return f"last resume point: {resume_path}" if os.path.exists(resume_path) else "no resume point written yet"
+
+    def validate(epoch):  # on rank 0, the weights after `epoch`; the training state stays exactly as it was
+        if main_process:
+            rng = rng_state()
+            measures, preview = validation(net, device, args.amp, args.preview_images, report=log)
+            restore_rng(rng)
+            best.update(epoch, measures, weights)
+            step = (epoch + 1) * iters_per_epoch
+            board.scalars(step, {k: v for k, v in measures.items() if k != "images"}, "val")
+            if preview is not None:
+                write_image(preview, os.path.join(log_dir, "previews", f"epoch{epoch}.png"))
+                board.image("val/preview", preview, step)
+            board.flush()
+            log(f"validation epoch {epoch} on {args.val_dataset} ({measures['images']} images): "
+                + " ".join(f"{k} {measures[k]:.4f}" for k in ("psnr", "ssim", "brightness", "face_acc"))
+                + f" ({measures['no_face']} without a detected face) | best: {best.describe()}")
+        distributed.barrier()
 
     # ---- training loop ----
     done = 0
@@ -259,6 +306,8 @@ def train(args, log, stop, rank, world, device):
                             drop_last=True, pin_memory=device.type == "cuda", worker_init_fn=leave_signals_to_main)
         correct = seen = 0
         sums, tic = {}, time.time()
+        bar = progress(iters_per_epoch * args.batch_size * world, start_batch * args.batch_size * world, epoch,
+                       main_process)
         for it, (low, seg, labels, pos, neg) in enumerate(loader, start=start_batch):
             low, seg, labels, pos, neg = (t.to(device, non_blocking=True) for t in (low, seg, labels, pos, neg))
             try:
@@ -272,26 +321,59 @@ def train(args, log, stop, rank, world, device):
             for k, v in {"loss": total.detach(), **terms}.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
             done += 1
+            bar.update(len(labels) * world)
             if (it + 1) % args.log_every == 0:
-                brightness = (enhanced.detach() * enhanced.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1).mean()
+                mean_brightness = brightness(enhanced.detach()).item()
                 n = min(args.log_every, it + 1 - start_batch)
                 means = " ".join(f"{k} {v / n:.4f}" for k, v in sums.items() if k != "loss")
+                seconds = time.time() - tic
                 log(f"epoch {epoch} iter {it + 1}/{iters_per_epoch} loss {sums['loss'] / n:.4f} "
-                    f"face_acc {correct / seen:.4f} brightness {brightness.item():.4f} | {means} | "
-                    f"{(time.time() - tic) / n:.2f} s/it")
+                    f"face_acc {correct / seen:.4f} brightness {mean_brightness:.4f} | {means} | "
+                    f"{seconds / n:.2f} s/it")
+                board.scalars(epoch * iters_per_epoch + it + 1, {
+                    **{k: v / n for k, v in sums.items()}, "face_acc": correct / seen, "brightness": mean_brightness,
+                    "lr": optimizer.param_groups[0]["lr"], "images_per_s": n * args.batch_size * world / seconds},
+                    "train")
                 sums, tic = {}, time.time()
             finished_epoch = it + 1 == iters_per_epoch
             stopping = distributed.any_rank(bool(stop["signal"])) or (args.max_iters and done >= args.max_iters)
             if stopping or (not finished_epoch and (it + 1) % args.save_every == 0):
                 save_resume(epoch, it + 1)
             if stopping:
+                bar.close()
+                board.close()
                 log(f"stopped at epoch {epoch} iteration {it + 1}; continue with --resume ({resume_path})")
                 return
+        bar.close()
         if main_process:
             atomic_save(weights(), os.path.join(args.checkpoint_root, f"epoch{epoch}.pth"))
+        if validation and (epoch + 1) % args.val_every == 0:
+            validate(epoch)
         epoch, start_batch = epoch + 1, 0
         save_resume(epoch, 0)
         log(f"epoch {epoch - 1} done: wrote {os.path.join(args.checkpoint_root, f'epoch{epoch - 1}.pth')}")
+    board.close()
+
+
+def check_validation_set(args, log, main_process):
+    """The Validation of --val_dataset (None without one), checked before anything else is done: a missing or empty
+    folder, an image without its normal-light image or one that cannot be read ends the run with one line."""
+    if not args.val_dataset:
+        return None
+    if args.val_every < 1 or args.preview_images < 0:
+        log.fail(f"--val_every must be at least 1 and --preview_images at least 0 (got {args.val_every} and "
+                 f"{args.preview_images})")
+    try:
+        validation = Validation(os.path.join(args.dataset_root, args.val_dataset), workers=args.num_workers)
+    except ValueError as e:
+        log.fail(str(e))
+    problems = validation.problems() if main_process else []
+    for line in problems:
+        log(f"validation image {line}")
+    if problems:
+        log.fail(problems[0] if len(problems) == 1 else
+                 f"{len(problems)} validation images cannot be used (listed above); fix or remove them")
+    return validation
 
 
 def rng_state():

@@ -95,3 +95,18 @@ def enhance(model, x, tile=None, halo=RECEPTIVE_RADIUS):
             r = model(x[..., ty0:ty0 + wh, tx0:tx0 + ww])[0]
             out[..., y0:y1, x0:x1] = r[..., y0 - ty0:y1 - ty0, x0 - tx0:x1 - tx0]
     return out
+
+
+def enhance_images(model, images, device, tile=None, amp=False):
+    """Enhanced float32 tensors (on device) of a list of 3xHxW [0,1] tensors, in order, as test.py enhances them:
+    the images of one size go through `enhance` in one batch, in bf16 autocast with `amp`."""
+    by_size = {}
+    for i, x in enumerate(images):
+        by_size.setdefault(tuple(x.shape), []).append(i)
+    out = [None] * len(images)
+    for group in by_size.values():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            r = enhance(model, torch.stack([images[i] for i in group]).to(device), tile=tile).float()
+        for i, img in zip(group, r):
+            out[i] = img
+    return out
