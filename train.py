@@ -3,6 +3,8 @@
     python train.py                                  # published defaults: LaPa-Face, batch 2, 384x384, 100 epochs
     python train.py --batch_size 8 --device cuda --num_workers 8
     python train.py --resume                         # continue from checkpoint/LLE/resume.pth
+    python train.py --val_dataset LaPa-Test          # validate after every epoch, keep checkpoint/LLE/best.pth
+    tensorboard --logdir log/tensorboard             # watch it: losses, learning rate, images/s, validation, previews
     torchrun --standalone --nproc_per_node 4 train.py --batch_size 2          # 4 GPUs (or CPU processes), global batch 8
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 train.py   # 2 machines
 
@@ -14,8 +16,14 @@ Writes checkpoint/LLE/epoch{N}.pth (a bare state dict that test.py loads) after 
 checkpoint/LLE/resume.pth (model, optimizer, epoch, iteration, RNG state) every --save_every iterations
 and at each epoch end, both atomically. SIGINT/SIGTERM save a resume point and stop cleanly; after a hard kill,
 --resume continues from the last resume point and (same device, --deterministic) reaches the same weights.
-Every training file is decoded once before training starts; a NaN/Inf loss term or gradient stops training
-with a line naming it before any weight is changed. Errors end in one line, also appended to the log.
+Every training file is decoded once before training starts (a file that stops being readable later is named in a
+line and skipped); a NaN/Inf loss term or gradient stops training with a line naming it before any weight is
+changed. Errors end in one line, also appended to the log.
+
+Beside the log (--log_path, default log/train.txt) go run.json (arguments, start time, git commit, versions,
+device), tensorboard/ (every loss term, learning rate, images/s, validation measures, previews) and, with
+--val_dataset, previews/epoch{N}.png (input | enhanced | normal); checkpoint/LLE/best.pth holds the weights of the
+best validation (--best_metric, face accuracy by default, ties by PSNR). Rank 0 alone validates and writes them.
 """
 import argparse
 import os
@@ -364,7 +372,7 @@ def check_validation_set(args, log, main_process):
         log.fail(f"--val_every must be at least 1 and --preview_images at least 0 (got {args.val_every} and "
                  f"{args.preview_images})")
     try:
-        validation = Validation(os.path.join(args.dataset_root, args.val_dataset), workers=args.num_workers)
+        validation = Validation(os.path.join(args.dataset_root, args.val_dataset), args.batch_size, args.num_workers)
     except ValueError as e:
         log.fail(str(e))
     problems = validation.problems() if main_process else []

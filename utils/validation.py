@@ -21,7 +21,8 @@ BEST_METRICS = ("face_acc", "psnr", "ssim")  # higher is better for each
 
 class Validation:
     """The validation set dataset/NAME/{underexposed,normal} (the published layout of the test sets); calling it
-    scores a network. Raises ValueError, one line naming the folder, when a folder is missing or holds no image."""
+    scores a network, batch_size images at a time read by `workers` threads. Raises ValueError, one line naming
+    the folder, when a folder is missing or holds no image."""
 
     def __init__(self, dataset_dir, batch_size=16, workers=2):
         self.name = os.path.basename(os.path.normpath(dataset_dir))
