@@ -76,47 +76,16 @@ if __name__ == "__main__":
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from nets.face_recognition import cosine_logits, encode_faces  # noqa: E402
+from nets.face_recognition import identify  # noqa: E402
 from nets.facenet import load_facenet  # noqa: E402
 from nets.retinaface import load_retinaface  # noqa: E402
 from nets.unique import load_unique, unique_score  # noqa: E402
 from utils.checkpoint import CheckpointError  # noqa: E402
-from utils.data import read_ahead  # noqa: E402
+from utils.data import Pairs, read_ahead  # noqa: E402
 from utils.face_database import identity_of, load_encodings  # noqa: E402
 from utils.images import ImageReadError, list_images, read_image, to_tensor  # noqa: E402
 from utils.metrics import PSNR_CAP, Average, psnr, ssim  # noqa: E402
 from utils.runtime import autocast, keep_freed_memory, start_device, to_device  # noqa: E402
-
-
-class Pairs:
-    """(relative path, image, reference) per file of root: HxWx3 uint8 arrays (as_tensor: 3xHxW in [0,1]) or
-    the error message; the reference is the image of reference_dir with the same relative path, else the same
-    folder and stem, and None when no reference_dir is given."""
-
-    def __init__(self, root, files, reference_dir=None, as_tensor=False):
-        self.root, self.files, self.reference_dir, self.as_tensor = root, files, reference_dir, as_tensor
-        references = list_images(reference_dir)[0] if reference_dir else []
-        self.by_stem = {os.path.splitext(rel)[0]: rel for rel in references}
-        self.by_stem.update({rel: rel for rel in references})
-
-    def __len__(self):
-        return len(self.files)
-
-    def _read(self, path):
-        try:
-            image = read_image(path)
-            return to_tensor(image) if self.as_tensor else image
-        except ImageReadError as e:
-            return str(e)
-
-    def __getitem__(self, i):
-        rel = self.files[i]
-        ref = None
-        if self.reference_dir:
-            match = self.by_stem.get(rel) or self.by_stem.get(os.path.splitext(rel)[0])
-            ref = (self._read(os.path.join(self.reference_dir, match)) if match else
-                   f"{os.path.join(self.root, rel)}: no reference image of that name in {self.reference_dir}")
-        return rel, self._read(os.path.join(self.root, rel)), ref
 
 
 def record_failure(failed, item):
@@ -147,13 +116,12 @@ def evaluate_recognition(args, files, images_dir, normal_dir, device, failed):
     for batch in tqdm(loader, total=math.ceil(len(files) / args.batch_size), unit="batch", desc=args.dataset_name):
         good = [(rel, image) for rel, image, _ in batch if not record_failure(failed, image)]
         with torch.no_grad(), autocast(device, args.precision):
-            codes, kept = encode_faces([image for _, image in good], detector, facenet, device, args.batch_size)
-        predicted = [0 if args.compat else None] * len(good)  # published: no face = identity 0
-        for i, best in zip(kept, cosine_logits(to_device(codes, device), encodings).argmax(1).tolist()):
-            predicted[i] = best
-        for (rel, _), p in zip(good, predicted):
-            correct += p is not None and names[p] == identity_of(rel)
-        no_face += len(good) - len(kept)
+            predicted = identify([image for _, image in good], detector, facenet, encodings, names, device,
+                                 args.batch_size)
+        for (rel, _), name in zip(good, predicted):
+            name = names[0] if name is None and args.compat else name  # published: no face = identity 0
+            correct += name == identity_of(rel)
+        no_face += predicted.count(None)
         total += len(good)
     rule = "counted as identity 0 (--compat)" if args.compat else "counted as misses"
     left_out = f", {len(files) - total} unreadable left out (named above)" if total < len(files) else ""
@@ -205,9 +173,6 @@ def evaluate_iqa(args, files, images_dir, normal_dir, device, failed):
     capped = 0  # images whose PSNR is PSNR_CAP: identical to their reference
     for batch in tqdm(loader, total=math.ceil(len(files) / args.batch_size), unit="batch", desc=args.dataset_name):
         for rel, image, ref in batch:
-            if isinstance(image, torch.Tensor) and isinstance(ref, torch.Tensor) and ref.shape != image.shape:
-                ref = (f"{os.path.join(images_dir, rel)}: size {tuple(image.shape[1:])} differs from "
-                       f"its reference's {tuple(ref.shape[1:])}")
             if record_failure(failed, image):
                 continue
             record_failure(failed, ref)

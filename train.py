@@ -4,6 +4,8 @@
     python train.py --batch_size 8 --device cuda --num_workers 8
     python train.py --batch_size 32 --device cuda --num_workers 8 --precision bf16 --compile   # faster on a GPU
     python train.py --resume                         # continue from checkpoint/LLE/resume.pth
+    python train.py --val_dataset LaPa-Test          # validate after every epoch, keep checkpoint/LLE/best.pth
+    tensorboard --logdir log/tensorboard             # watch it: losses, learning rate, images/s, validation, previews
     torchrun --standalone --nproc_per_node 4 train.py --batch_size 2          # 4 GPUs (or CPU processes), global batch 8
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 train.py   # 2 machines
 
@@ -15,10 +17,16 @@ Writes checkpoint/LLE/epoch{N}.pth (a bare state dict that test.py loads) after 
 checkpoint/LLE/resume.pth (model, optimizer, epoch, iteration, RNG state) every --save_every iterations
 and at each epoch end, both atomically. SIGINT/SIGTERM save a resume point and stop cleanly; after a hard kill,
 --resume continues from the last resume point and (same device, --deterministic) reaches the same weights.
-Every training file is decoded once before training starts. A NaN/Inf loss term or gradient stops training with a
-line naming it, and no weight is changed by that step or any after it: the check runs on the device and the host
-reads it once per log line and before every checkpoint (a step waits for the device only for the face detections).
-Errors end in one line, also appended to the log.
+Every training file is decoded once before training starts (a file that stops being readable later is named in a
+line and skipped). A NaN/Inf loss term or gradient stops training with a line naming it, and no weight is changed by
+that step or any after it: the check runs on the device and the host reads it once per log line and before every
+checkpoint (a step waits for the device only for the face detections). Errors end in one line, also appended to
+the log.
+
+Beside the log (--log_path, default log/train.txt) go run.json (arguments, start time, git commit, versions,
+device), tensorboard/ (every loss term, learning rate, images/s, validation measures, previews) and, with
+--val_dataset, previews/epoch{N}.png (input | enhanced | normal); checkpoint/LLE/best.pth holds the weights of the
+best validation (--best_metric, face accuracy by default, ties by PSNR). Rank 0 alone validates and writes them.
 """
 import os
 import random
@@ -75,6 +83,13 @@ def parse_args(argv=None):
                    "at the start (contiguous, the published one, with --deterministic); results do not depend on it")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels only (bit-reproducible runs "
                    "and resumes on one device; slower on CUDA)")
+    p.add_argument("--val_dataset", default=None, help="validate on DATASET_ROOT/NAME/{underexposed,normal} every "
+                   "--val_every epochs: PSNR, SSIM, brightness, face accuracy; best.pth and preview pictures")
+    p.add_argument("--val_every", type=integer(1), default=1, help="epochs between validations")
+    p.add_argument("--best_metric", default="face_acc", choices=("face_acc", "psnr", "ssim"), help="the validation "
+                   "measure (higher is better) that chooses CHECKPOINT_ROOT/best.pth (ties by PSNR)")
+    p.add_argument("--preview_images", type=integer(0), default=4, help="validation images in each preview picture, "
+                   "LOG_FOLDER/previews/epoch{N}.png (rows input | enhanced | normal)")
     return p.parse_args(argv)
 
 
@@ -91,9 +106,15 @@ def check_args(args):
     reads = [(f"the training set's {sub} (--dataset_name)", os.path.join(data_dir, sub))
              for sub in ("underexposed", "normal", "seg")]
     reads += [(flag, getattr(args, flag[2:])) for flag in ("--contrast_positive_path", "--contrast_negative_path")]
+    if args.val_dataset:
+        reads += [(f"the validation set's {sub} (--val_dataset)", os.path.join(args.dataset_root, args.val_dataset, sub))
+                  for sub in ("underexposed", "normal")]
     database = ("the face database folder (--database_root)", os.path.join(args.database_root, args.dataset_name))
-    check_paths(reads=reads, writes=[("--checkpoint_root", args.checkpoint_root), database,
-                                     ("--encoding_root", args.encoding_root)], logs=[("--log_path", args.log_path)])
+    writes = [("--checkpoint_root", args.checkpoint_root), database, ("--encoding_root", args.encoding_root)]
+    if args.val_dataset and args.val_dataset != args.dataset_name:
+        writes.append(("the validation set's face database folder (--database_root)",
+                       os.path.join(args.database_root, args.val_dataset)))
+    check_paths(reads=reads, writes=writes, logs=[("--log_path", args.log_path)])
 
 
 if __name__ == "__main__":
@@ -103,6 +124,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 import nets  # noqa: E402
 from nets.enhance import EnhanceNet, init_weights, training_layout  # noqa: E402
@@ -113,10 +135,13 @@ from nets.retinaface import load_retinaface  # noqa: E402
 from nets.vgg import load_vgg16  # noqa: E402
 from utils.checkpoint import CheckpointError, atomic_save, check_finite, read_checkpoint  # noqa: E402
 from utils import distributed  # noqa: E402
-from utils.data import TrainSet  # noqa: E402
+from utils.data import TrainingDataGone, TrainSet  # noqa: E402
 from utils.face_database import load_encodings  # noqa: E402
+from utils.images import write_image  # noqa: E402
+from utils.monitor import Board, progress, write_run_record  # noqa: E402
 from utils.runtime import (autocast, keep_freed_memory, seed_everything, set_precision, to_device,  # noqa: E402
                            to_host)
+from utils.validation import BestCheckpoint, Validation  # noqa: E402
 
 
 class Log:
@@ -129,7 +154,8 @@ class Log:
 
     def __call__(self, line):
         if self.main:
-            print(line, flush=True)
+            tqdm.write(line, file=sys.stdout)  # above the progress bar, when there is one
+            sys.stdout.flush()
             with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as f:
                 f.write(line + "\n")
 
@@ -274,6 +300,8 @@ def main(argv=None):
         resume_path = os.path.join(args.checkpoint_root, "resume.pth")
         last = f"last resume point: {resume_path}" if os.path.exists(resume_path) else "no resume point written yet"
         log.fail(f"{e}; stopped before writing these weights ({last})")
+    except TrainingDataGone as e:  # raised in a loader worker, its message ends with the worker's traceback
+        log.fail(str(e).strip().splitlines()[-1].removeprefix(f"{TrainingDataGone.__module__}.TrainingDataGone: "))
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
@@ -286,6 +314,7 @@ def train(args, log, stop, rank, world, device):
 
     # ---- face database, data ----
     data_dir = os.path.join(args.dataset_root, args.dataset_name)  # its folders are checked by check_args
+    validation = check_validation_set(args, log, main_process)
     try:
         detector = load_retinaface(args.retinaface_checkpoint, device)
         facenet = load_facenet(args.facenet_checkpoint, args.backbone, device)
@@ -298,9 +327,12 @@ def train(args, log, stop, rank, world, device):
                                      args.contrast_negative_path, args.seed)
                 unreadable = train_set.unreadable() if main_process else []
             distributed.barrier()
+        if validation and main_process:  # rank 0 alone validates
+            validation.load_face_database(args.database_root, args.encoding_root, detector, facenet, device)
         vgg = load_vgg16(args.vgg_checkpoint, device)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         log.fail(str(e))
+    train_set.report = log if main_process else print  # a file that stops being readable later: a line, skipped
     for line in unreadable:
         log(f"unreadable {line}")
     if unreadable:
@@ -316,6 +348,7 @@ def train(args, log, stop, rank, world, device):
     optimizer = make_optimizer(model, args)
     resume_path = os.path.join(args.checkpoint_root, "resume.pth")
     epoch, start_batch = args.start_epoch, 0
+    best = BestCheckpoint(os.path.join(args.checkpoint_root, "best.pth"), args.best_metric, args.val_dataset)
     if args.resume:
         path = args.resume_checkpoint or resume_path
         try:
@@ -330,6 +363,7 @@ def train(args, log, stop, rank, world, device):
                 load_optimizer_state(optimizer, state["optimizer"])
                 epoch, start_batch = state["epoch"], state["batch"]
                 restore_rng(state["rng"])
+                best.load_state_dict(state.get("best"))
             else:
                 model = nets.load("enhance", path, device).train()
                 optimizer = make_optimizer(model, args)
@@ -338,6 +372,8 @@ def train(args, log, stop, rank, world, device):
         except (KeyError, RuntimeError) as e:
             log.fail(f"{path}: cannot resume ({type(e).__name__}: {str(e).splitlines()[0]})")
         log(f"resumed from {path} at epoch {epoch}, iteration {start_batch}")
+        if validation:
+            log(f"best so far: {best.describe()}")
     layout = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}.get(args.memory_format)
     if layout is None:  # every rank must hold the same layout: channels_last if any rank timed it faster
         timed_faster = not args.deterministic and \
@@ -350,6 +386,11 @@ def train(args, log, stop, rank, world, device):
     log(f"training on {device}: {len(train_set)} images, {len(names)} identities, batch {args.batch_size}{processes}, "
         f"{iters_per_epoch} iterations per epoch, epochs {epoch}..{args.epoch_num - 1}, "
         f"{str(layout).removeprefix('torch.')}")
+    log_dir = os.path.dirname(os.path.abspath(args.log_path))
+    board = Board(os.path.join(log_dir, "tensorboard"), main_process,
+                  purge_step=epoch * iters_per_epoch + start_batch + 1)  # the first step this run writes
+    if main_process:
+        write_run_record(os.path.join(log_dir, "run.json"), args, device, world)
 
     net = model  # the bare network, whose state dict the checkpoints hold
     if world > 1:
@@ -363,7 +404,25 @@ def train(args, log, stop, rank, world, device):
         if not main_process:
             return
         atomic_save({"model": weights(), "optimizer": optimizer.state_dict(), "epoch": epoch, "batch": batch,
-                     "images": len(train_set), "world": world, "rng": rng_state(), "args": vars(args)}, resume_path)
+                     "images": len(train_set), "world": world, "rng": rng_state(), "args": vars(args),
+                     "best": best.state_dict()}, resume_path)
+
+    def validate(epoch):  # on rank 0, the weights after `epoch`; the training state stays exactly as it was
+        if main_process:
+            rng = rng_state()
+            measures, preview = validation(net, device, args.precision, args.preview_images, report=log)
+            restore_rng(rng)
+            best.update(epoch, measures, weights)
+            step = (epoch + 1) * iters_per_epoch
+            board.scalars(step, {k: v for k, v in measures.items() if k != "images"}, "val")
+            if preview is not None:
+                write_image(preview, os.path.join(log_dir, "previews", f"epoch{epoch}.png"))
+                board.image("val/preview", preview, step)
+            board.flush()
+            log(f"validation epoch {epoch} on {args.val_dataset} ({measures['images']} images): "
+                + " ".join(f"{k} {measures[k]:.4f}" for k in ("psnr", "ssim", "brightness", "face_acc"))
+                + f" ({measures['no_face']} without a detected face) | best: {best.describe()}")
+        distributed.barrier()
 
     # ---- training loop ----
     done = 0
@@ -378,32 +437,67 @@ def train(args, log, stop, rank, world, device):
         correct = seen = 0
         monitor.reset(epoch)
         tic = time.time()
-        for it, batch in enumerate(loader, start=start_batch):
-            batch = [t.to(device, non_blocking=True) for t in batch]
-            train_step(model, objective, optimizer, batch, monitor, args.precision, it + 1)
-            done += 1
-            if (it + 1) % args.log_every == 0:
-                n = min(args.log_every, it + 1 - start_batch)
-                means, faces, images, brightness = monitor.read()  # the one copy to the host per log line
-                correct, seen = correct + faces, seen + images
-                terms = " ".join(f"{k} {v:.4f}" for k, v in means.items() if k != "loss")
-                log(f"epoch {epoch} iter {it + 1}/{iters_per_epoch} loss {means['loss']:.4f} "
-                    f"face_acc {correct / seen:.4f} brightness {brightness:.4f} | {terms} | "
-                    f"{(time.time() - tic) / n:.2f} s/it")
-                tic = time.time()
-            finished_epoch = it + 1 == iters_per_epoch
-            stopping = distributed.any_rank(bool(stop["signal"])) or (args.max_iters and done >= args.max_iters)
-            if stopping or (not finished_epoch and (it + 1) % args.save_every == 0):
-                save_resume(epoch, it + 1)
-            if stopping:
-                log(f"stopped at epoch {epoch} iteration {it + 1}; continue with --resume ({resume_path})")
-                return
+        bar = progress(iters_per_epoch * args.batch_size * world, start_batch * args.batch_size * world, epoch,
+                       main_process)
+        batches = iter(loader)
+        try:
+            for it, batch in enumerate(batches, start=start_batch):
+                batch = [t.to(device, non_blocking=True) for t in batch]
+                train_step(model, objective, optimizer, batch, monitor, args.precision, it + 1)
+                done += 1
+                bar.update(args.batch_size * world)
+                if (it + 1) % args.log_every == 0:
+                    n = min(args.log_every, it + 1 - start_batch)
+                    means, faces, images, brightness = monitor.read()  # the one copy to the host per log line
+                    correct, seen = correct + faces, seen + images
+                    terms = " ".join(f"{k} {v:.4f}" for k, v in means.items() if k != "loss")
+                    seconds = time.time() - tic
+                    log(f"epoch {epoch} iter {it + 1}/{iters_per_epoch} loss {means['loss']:.4f} "
+                        f"face_acc {correct / seen:.4f} brightness {brightness:.4f} | {terms} | {seconds / n:.2f} s/it")
+                    board.scalars(epoch * iters_per_epoch + it + 1, {
+                        **means, "face_acc": correct / seen, "brightness": brightness,
+                        "lr": optimizer.param_groups[0]["lr"], "images_per_s": n * args.batch_size * world / seconds},
+                        "train")
+                    tic = time.time()
+                finished_epoch = it + 1 == iters_per_epoch
+                stopping = distributed.any_rank(bool(stop["signal"])) or (args.max_iters and done >= args.max_iters)
+                if stopping or (not finished_epoch and (it + 1) % args.save_every == 0):
+                    save_resume(epoch, it + 1)
+                if stopping:
+                    bar.close()
+                    board.close()
+                    log(f"stopped at epoch {epoch} iteration {it + 1}; continue with --resume ({resume_path})")
+                    return
+        finally:  # loader workers ignore SIGTERM (see leave_signals_to_main): stop them also when an error ends the run
+            getattr(batches, "_shutdown_workers", lambda: None)()
         monitor.check()
+        bar.close()
         if main_process:
             atomic_save(weights(), os.path.join(args.checkpoint_root, f"epoch{epoch}.pth"))
+        if validation and (epoch + 1) % args.val_every == 0:
+            validate(epoch)
         epoch, start_batch = epoch + 1, 0
         save_resume(epoch, 0)
         log(f"epoch {epoch - 1} done: wrote {os.path.join(args.checkpoint_root, f'epoch{epoch - 1}.pth')}")
+    board.close()
+
+
+def check_validation_set(args, log, main_process):
+    """The Validation of --val_dataset (None without one), checked before anything else is done: a missing or empty
+    folder, an image without its normal-light image or one that cannot be read ends the run with one line."""
+    if not args.val_dataset:
+        return None
+    try:
+        validation = Validation(os.path.join(args.dataset_root, args.val_dataset), args.batch_size, args.num_workers)
+    except ValueError as e:
+        log.fail(str(e))
+    problems = validation.problems() if main_process else []
+    for line in problems:
+        log(f"validation image {line}")
+    if problems:
+        log.fail(problems[0] if len(problems) == 1 else
+                 f"{len(problems)} validation images cannot be used (listed above); fix or remove them")
+    return validation
 
 
 def rng_state():

@@ -186,3 +186,13 @@ def encode_faces(images_rgb_uint8_list, detector, facenet, device, batch_size=32
     if not encodings:
         return torch.zeros(0, 128), kept
     return torch.cat(encodings), kept
+
+
+def identify(images_rgb_uint8_list, detector, facenet, encodings, names, device, batch_size=32):
+    """Top-1 identification as eval.py scores it: the name of the database encoding most similar (cosine) to the
+    biggest face of each HxWx3 RGB uint8 image, None for an image without a detected face."""
+    codes, kept = encode_faces(images_rgb_uint8_list, detector, facenet, device, batch_size)
+    predicted = [None] * len(images_rgb_uint8_list)
+    for i, best in zip(kept, cosine_logits(to_device(codes, encodings.device), encodings).argmax(1).tolist()):
+        predicted[i] = names[best]
+    return predicted

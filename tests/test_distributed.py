@@ -33,4 +33,5 @@ def test_two_ranks_step_like_one_process_with_the_whole_batch(train_args, tmp_pa
     log = (tmp_path / "log/train.txt").read_text().splitlines()
     assert sum(line.startswith("training on") for line in log) == 1, log
     assert ranks.count("training on") == 1 and "2 processes" in ranks
+    assert len(os.listdir(tmp_path / "log/tensorboard")) == 2  # an event file of the single run, one of rank 0
     assert "training on" in single

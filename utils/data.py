@@ -1,5 +1,6 @@
-"""Data: batches read ahead in threads (test.py, eval.py); training items, low-light face images with parsing maps
-and identities, plus unpaired contrastive samples."""
+"""Data: batches read ahead in threads (test.py, eval.py); images paired with their references (eval.py,
+validation); training items, low-light face images with parsing maps and identities, plus unpaired contrastive
+samples."""
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +14,7 @@ from torchvision.transforms.functional import resize
 from tqdm import tqdm
 
 from utils.face_database import identity_of
-from utils.images import list_images, read_image, to_tensor
+from utils.images import ImageReadError, list_images, read_image, to_tensor
 
 
 def read_ahead(items, batch_size, workers):
@@ -35,6 +36,46 @@ def read_ahead(items, batch_size, workers):
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+class Pairs:
+    """(relative path, image, reference) per file of root: HxWx3 uint8 arrays (as_tensor: 3xHxW in [0,1]) or
+    the error message; the reference is the image of reference_dir with the same relative path, else the same
+    folder and stem, and None when no reference_dir is given. A reference of another size than its image is
+    replaced by a message saying so."""
+
+    def __init__(self, root, files, reference_dir=None, as_tensor=False):
+        self.root, self.files, self.reference_dir, self.as_tensor = root, files, reference_dir, as_tensor
+        references = list_images(reference_dir)[0] if reference_dir else []
+        self.by_stem = {os.path.splitext(rel)[0]: rel for rel in references}
+        self.by_stem.update({rel: rel for rel in references})
+
+    def __len__(self):
+        return len(self.files)
+
+    def _read(self, path):
+        try:
+            image = read_image(path)
+            return to_tensor(image) if self.as_tensor else image
+        except ImageReadError as e:
+            return str(e)
+
+    def __getitem__(self, i):
+        rel = self.files[i]
+        ref = None
+        if self.reference_dir:
+            match = self.by_stem.get(rel) or self.by_stem.get(os.path.splitext(rel)[0])
+            ref = (self._read(os.path.join(self.reference_dir, match)) if match else
+                   f"{os.path.join(self.root, rel)}: no reference image of that name in {self.reference_dir}")
+        image = self._read(os.path.join(self.root, rel))
+        size = lambda x: tuple(x.shape[1:] if self.as_tensor else x.shape[:2])
+        if not isinstance(image, str) and ref is not None and not isinstance(ref, str) and size(ref) != size(image):
+            ref = f"{os.path.join(self.root, rel)}: size {size(image)} differs from its reference's {size(ref)}"
+        return rel, image, ref
+
+
+class TrainingDataGone(RuntimeError):
+    """Every training item has stopped being readable."""
 
 
 def load_resized(path, size):
@@ -65,6 +106,7 @@ class TrainSet(Dataset):
     def __init__(self, root, names, size, positives_dir, negatives_dir, seed=1):
         self.low_dir, self.seg_dir, self.size, self.seed, self.epoch = os.path.join(root, "underexposed"), \
             os.path.join(root, "seg"), size, seed, 0
+        self.report = print
         self.files = list_images(self.low_dir)[0]
         if not self.files:
             raise ValueError(f"{self.low_dir}: no training images found")
@@ -103,6 +145,18 @@ class TrainSet(Dataset):
         return len(self.files)
 
     def __getitem__(self, i):
+        """Item i. When one of its files has stopped being readable, one line naming it goes to self.report (print
+        unless set) and the next readable item (i + 1, i + 2, ...) stands in: batches keep their shape and training
+        goes on."""
+        for k in range(len(self.files)):
+            j = (i + k) % len(self.files)
+            try:
+                return self._item(j)
+            except ValueError as e:  # ImageReadError included
+                self.report(f"skipped {e}; the next readable training item stands in")
+        raise TrainingDataGone(f"{self.low_dir}: no training item can be read any more")
+
+    def _item(self, i):
         rel = self.files[i]
         seg = self._seg_path(rel)
         rng = np.random.default_rng([self.seed, self.epoch, i])

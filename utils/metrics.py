@@ -1,4 +1,4 @@
-"""Full-reference image quality: PSNR and SSIM as the published code computes them, plus streaming averages."""
+"""Image quality: PSNR and SSIM as the published code computes them, mean brightness, and streaming averages."""
 import math
 
 import torch
@@ -12,6 +12,12 @@ def psnr(pred, gt):
     """10 log10(1 / MSE) on [0,1] tensors (the whole tensor's MSE), at most PSNR_CAP (identical images)."""
     mse = F.mse_loss(pred.float(), gt.float())
     return (10 * torch.log10(1.0 / mse)).clamp(max=PSNR_CAP)
+
+
+def brightness(images):
+    """Mean luma (0.299 R + 0.587 G + 0.114 B) of a batch of [0,1] images, Bx3xHxW."""
+    weights = torch.tensor([0.299, 0.587, 0.114], device=images.device).view(1, 3, 1, 1)
+    return (images.float() * weights).sum(1).mean()
 
 
 def _gaussian_window(size=11, sigma=1.5):
