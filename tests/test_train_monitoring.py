@@ -24,6 +24,7 @@ from utils.face_database import identity_of
 from utils.images import read_image, to_tensor, to_uint8, write_image
 from utils.metrics import brightness, psnr, ssim
 from utils.monitor import progress
+from utils.validation import Validation
 
 VAL = "LaPa-Test"  # a recognition set's name, so that eval.py can score the same images
 SIZE = 160  # of the validation images
@@ -303,3 +304,16 @@ def test_training_data_gone_during_training_stops_in_one_line(data, quick, tmp_p
     log = (tmp_path / "log/train.txt").read_text()
     skipped = re.findall(r"^skipped .*/(\S+): cannot read image \(empty file\)", log, re.M)  # each file, once or more
     assert set(skipped) == {path.name for path in (tmp_path / "data/LaPa-Face/underexposed").iterdir()}
+
+
+def test_validation_image_unreadable_later_is_reported_and_left_out(data, quick, tmp_path, monkeypatch):
+    shutil.copytree(data / "LaPa-Face", tmp_path / "data/LaPa-Face")
+    shutil.copytree(data / VAL, tmp_path / "data" / VAL)
+    broken = sorted((tmp_path / "data" / VAL / "normal").iterdir())[1]
+    broken.write_bytes(b"")
+    monkeypatch.setattr(Validation, "problems", lambda self: [])  # it broke after the check before training
+    train.main(quick(tmp_path, "--epoch_num", "1", "--val_dataset", VAL, dataset_root=tmp_path / "data"))
+    log = (tmp_path / "log/train.txt").read_text()
+    assert re.search(rf"^validation skipped {re.escape(str(broken))}: cannot read image \(empty file\)$", log, re.M)
+    assert re.search(r"^validation epoch 0 on LaPa-Test \(2 images\): ", log, re.M)
+    assert read_image(tmp_path / "log/previews/epoch0.png").shape == (2 * SIZE + 4, 3 * SIZE + 2 * 4, 3)
