@@ -587,9 +587,11 @@ def test_a_device_the_machine_lacks_is_one_line(tmp_path, enhancer):
 
 
 @pytest.mark.parametrize("script", [["test.py"], ["eval.py"], ["train.py"], ["-m", "utils.lowlight"],
-                                    ["benchmarks/benchmark.py"], ["benchmarks/demo_quality.py"]])
+                                    ["-m", "utils.download"], ["benchmarks/benchmark.py"],
+                                    ["benchmarks/demo_quality.py"]])
 def test_help_and_argument_errors_answer_before_torch_is_imported(script):
-    wrong = ["--seed", "-1"] if "utils.lowlight" in script else ["--device", "gpu"]
+    wrong = {"utils.lowlight": ["--seed", "-1"], "utils.download": ["--checkpoint_root"]}.get(script[-1],
+                                                                                            ["--device", "gpu"])
     for argv, status in ((["--help"], 0), (wrong, 1)):
         done = subprocess.run([sys.executable, "-X", "importtime", *script, *argv], cwd=ROOT, capture_output=True,
                               text=True, timeout=120)

@@ -11,19 +11,12 @@ earlier NAME.bad), and a killed download leaves only the temporary. A file alrea
 one that passes its check is kept ("already there"), one that fails is reported and left alone. Every file that
 could not be had gets one line saying what to do by hand; the exit status is 1 when any file is missing at the end.
 """
-import argparse
 import os
 import shutil
 import sys
 import zipfile
 
-import gdown
-import requests
-from tqdm import tqdm
-
-import nets
-from utils.checkpoint import atomic_write
-from utils.images import IMAGE_EXTENSIONS, read_image
+from utils.checks import ArgumentParser
 
 # The authors' Google Drive, as linked from the published Low-FaceNet repository's README. NOT KNOWN to this
 # copy, which was written offline: every entry is None and nothing is guessed. Paste the two folder URLs of the
@@ -38,6 +31,31 @@ DRIVE = {
     "best_deeplabv3plus_mobilenet_lapa_epoch96.pth": None,
     "unique.pt": None,
 }
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", nargs="*", default=[], metavar="NAME",
+                   help="data sets to fetch into dataset/NAME, e.g. CASIA-Test LFW (LaPa-Face, Contrast, LaPa-Test, "
+                        "CelebA-Test)")
+    p.add_argument("--models_url", default=DRIVE["models"], help="the Drive folder of the pre-trained models")
+    p.add_argument("--datasets_url", default=DRIVE["datasets"], help="the Drive folder of the data sets")
+    p.add_argument("--checkpoint_root", default="checkpoint")
+    p.add_argument("--dataset_root", default="dataset")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer here, before the imports below load torch
+
+import gdown  # noqa: E402
+import requests  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import nets  # noqa: E402
+from utils.checkpoint import atomic_write  # noqa: E402
+from utils.images import IMAGE_EXTENSIONS, read_image  # noqa: E402
+
 MODELS = ("enhance", "facenet_mobilenet", "retinaface", "deeplab", "unique")  # keys of nets.FORMATS on the Drive
 PUBLISHED = "the Google Drive folder linked from the published Low-FaceNet repository's README"
 
@@ -194,16 +212,7 @@ def download_dataset(name, url, found, reason=None, root="dataset"):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--datasets", nargs="*", default=[], metavar="NAME",
-                   help="data sets to fetch into dataset/NAME, e.g. CASIA-Test LFW (LaPa-Face, Contrast, LaPa-Test, "
-                        "CelebA-Test)")
-    p.add_argument("--models_url", default=DRIVE["models"], help="the Drive folder of the pre-trained models")
-    p.add_argument("--datasets_url", default=DRIVE["datasets"], help="the Drive folder of the data sets")
-    p.add_argument("--checkpoint_root", default="checkpoint")
-    p.add_argument("--dataset_root", default="dataset")
-    args = p.parse_args(argv)
-
+    args = parse_args(argv)
     ok = download_models(args.models_url, args.checkpoint_root)
     if args.datasets:
         found, reason = listing(args.datasets_url) if args.datasets_url else ({}, None)
