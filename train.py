@@ -107,7 +107,8 @@ def check_args(args):
              for sub in ("underexposed", "normal", "seg")]
     reads += [(flag, getattr(args, flag[2:])) for flag in ("--contrast_positive_path", "--contrast_negative_path")]
     if args.val_dataset:
-        reads += [(f"the validation set's {sub} (--val_dataset)", os.path.join(args.dataset_root, args.val_dataset, sub))
+        val_dir = os.path.join(args.dataset_root, args.val_dataset)
+        reads += [(f"the validation set's {sub} (--val_dataset)", os.path.join(val_dir, sub))
                   for sub in ("underexposed", "normal")]
     database = ("the face database folder (--database_root)", os.path.join(args.database_root, args.dataset_name))
     writes = [("--checkpoint_root", args.checkpoint_root), database, ("--encoding_root", args.encoding_root)]

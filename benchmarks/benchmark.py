@@ -82,7 +82,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="smoke run: small sizes, one repeat; figures not meaningful")
     p.add_argument("--repeat", type=integer(1), default=5, help="timed repeats of the short parts (the median is "
                    "reported)")
-    p.add_argument("--parts", type=part_names, default="ceiling,enhance,test_py,large,train,train_largest,eval_py,precision",
+    p.add_argument("--parts", type=part_names,
+                   default="ceiling,enhance,test_py,large,train,train_largest,eval_py,precision",
                    help="comma-separated subset")
     p.add_argument("--retinaface_checkpoint", default="checkpoint/Retinaface_mobilenet0.25.pth")
     p.add_argument("--facenet_checkpoint", default="checkpoint/facenet_mobilenet.pth")

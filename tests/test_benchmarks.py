@@ -72,8 +72,8 @@ def test_demo_quality_measures_every_set(tmp_path, face_photos, retinaface_weigh
     torch.manual_seed(0)
     torch.save(init_weights(EnhanceNet()).state_dict(), weights)
     out = tmp_path / "quality.json"
-    demo_quality.main(["--enhance_checkpoint", str(weights), "--samples", str(SAMPLES), "--faces", str(faces), "--retinaface_checkpoint",
-                       str(retinaface_weights), "--device", "cpu", "--json", str(out)])
+    demo_quality.main(["--enhance_checkpoint", str(weights), "--samples", str(SAMPLES), "--faces", str(faces),
+                       "--retinaface_checkpoint", str(retinaface_weights), "--device", "cpu", "--json", str(out)])
     results = json.loads(out.read_text())["results"]
     assert [results[s]["images"] for s in results] == [5, 2, 2]
     samples = results["samples"]

@@ -236,7 +236,8 @@ def _unmatched(val):
 
 
 VALIDATION_ERRORS = {
-    "missing folder": (lambda val: shutil.rmtree(val), r"Val/underexposed: folder not found \(the validation set's underexposed"),
+    "missing folder": (lambda val: shutil.rmtree(val),
+                       r"Val/underexposed: folder not found \(the validation set's underexposed"),
     "without normal/": (_no_normal, r"Val/normal: folder not found \(the validation set's normal"),
     "empty": (_empty, r"Val/underexposed: no validation images"),
     "unreadable image": (_unreadable, r"Val/underexposed/\S+\.png: cannot read image"),
