@@ -83,9 +83,9 @@ from nets.unique import load_unique, unique_score  # noqa: E402
 from utils.checkpoint import CheckpointError  # noqa: E402
 from utils.data import Pairs, read_ahead  # noqa: E402
 from utils.face_database import identity_of, load_encodings  # noqa: E402
-from utils.images import ImageReadError, list_images, read_image, to_tensor  # noqa: E402
+from utils.images import list_images  # noqa: E402
 from utils.metrics import PSNR_CAP, Average, psnr, ssim  # noqa: E402
-from utils.runtime import autocast, keep_freed_memory, start_device, to_device  # noqa: E402
+from utils.runtime import autocast, keep_freed_memory, start_device  # noqa: E402
 
 
 def record_failure(failed, item):

@@ -139,8 +139,9 @@ from utils import distributed  # noqa: E402
 from utils.data import TrainingDataGone, TrainSet  # noqa: E402
 from utils.face_database import load_encodings  # noqa: E402
 from utils.images import write_image  # noqa: E402
+from utils.metrics import brightness  # noqa: E402
 from utils.monitor import Board, progress, write_run_record  # noqa: E402
-from utils.runtime import (autocast, keep_freed_memory, seed_everything, set_precision, to_device,  # noqa: E402
+from utils.runtime import (autocast, keep_freed_memory, seed_everything, set_precision,  # noqa: E402
                            to_host)
 from utils.validation import BestCheckpoint, Validation  # noqa: E402
 
@@ -182,7 +183,6 @@ class StepMonitor:
     def __init__(self, device):
         self.found_inf = torch.zeros((), device=device)  # 1.0 from the first non-finite step on
         self.first_bad = torch.zeros(3, dtype=torch.float64, device=device)  # which value, the value, the iteration
-        self.luma = to_device(torch.tensor([0.299, 0.587, 0.114]), device).view(1, 3, 1, 1)
         self.names = None
         self.reset()
 
@@ -206,7 +206,7 @@ class StepMonitor:
         if logits is not None:  # None without a face loss
             self.correct = self.correct + (logits.argmax(1) == labels).sum()
         self.seen += len(labels)
-        self.brightness = (enhanced.detach().float() * self.luma).sum(1).mean()
+        self.brightness = brightness(enhanced.detach())
         self.steps += 1
         return self.found_inf
 

@@ -43,7 +43,6 @@ if __name__ == "__main__":
     parse_args()  # --help and argument errors answer here, before the imports below load torch
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from skimage.color import rgb2lab  # noqa: E402
 from skimage.exposure import equalize_adapthist  # noqa: E402
 

@@ -1,6 +1,5 @@
 """End to end: train.py on a tiny data set with the published layout, resume, and test.py on its checkpoint."""
 import os
-import shutil
 
 import numpy as np
 import pytest

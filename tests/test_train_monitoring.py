@@ -21,7 +21,7 @@ from conftest import ROOT
 from nets.enhance import enhance_uint8
 from utils.data import TrainSet
 from utils.face_database import identity_of
-from utils.images import read_image, to_tensor, to_uint8, write_image
+from utils.images import read_image, to_tensor, write_image
 from utils.metrics import brightness, psnr, ssim
 from utils.monitor import progress
 from utils.validation import Validation
