@@ -118,13 +118,14 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once, at import: os.umask can only be read by setting it
 
 
-def atomic_write(path, write):
-    """write(binary file object) into a hidden temporary file beside `path`, flush it to disk, then rename it
-    over `path`: a run killed at any point leaves the old file or the new one, never a broken one."""
+def atomic_write(path, write, prefix=".tmp-"):
+    """write(binary file object) into a hidden temporary file beside `path` (its name starts with `prefix`), flush
+    it to disk, then rename it over `path`: a run killed at any point leaves the old file or the new one, never a
+    broken one."""
     path = str(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")  # a short name: `path`'s own may be near the 255-byte limit
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix)  # a short name: `path`'s own may be near the 255-byte limit
     try:
         with os.fdopen(fd, "wb") as f:
             os.chmod(tmp, 0o666 & ~_UMASK)  # the permissions of a plain open(), not mkstemp's 0600
