@@ -39,9 +39,9 @@ def parse_args(argv=None):
     p.add_argument("--writers", type=integer(1), default=os.cpu_count() or 1, help="image encoding processes "
                    "(threads where processes cannot be forked: macOS, Windows)")
     p.add_argument("--tile", type=integer(1), default=512, help="images larger than tile x tile go through in tiles "
-                   "(the result does not depend on it). Peak memory on a CPU: about MEMORY_AT_512 GiB at 512 plus "
-                   "10 bytes per pixel of the largest image (MEMORY_10000 GiB for 10000x10000), plus 3 bytes per "
-                   "pixel of each image read ahead (--num_workers)")
+                   "(the result does not depend on it). Peak memory on a CPU: about 1.6 GiB at 512 (0.5 GiB less at "
+                   "256) plus 10 bytes per pixel of the largest image: 2.5 GiB for 10000x10000; each image read "
+                   "ahead (--num_workers) adds 3 bytes per pixel")
     p.add_argument("--max_pixels", type=integer(0), default=0, help="largest image read, in pixels (Pillow's own "
                    "limit, 179 million, is lifted); 0: as large as this machine's memory holds while it is "
                    "enhanced (see --tile). A larger one gets a line saying how much memory it needs")
@@ -97,24 +97,27 @@ from utils.images import (PILLOW_PIXEL_LIMIT, ImageReadError, ImageTooLarge, lis
 from utils.output_record import claim_folder, finish_folder  # noqa: E402
 from utils.runtime import keep_freed_memory, memory_bytes, start_device, start_to_host  # noqa: E402
 
-# Peak resident memory of a run on a CPU (tests/test_outputs_and_images.py measures it): torch, the network and
-# one tile's activations, which grow with the tile's window, plus per pixel of the image being enhanced: 3 bytes
-# in and 3 out as uint8 and 4 while its output is encoded (PIL's RGBX); reading takes 4 + 3 of them at most.
-MEMORY_BASE, MEMORY_PER_WINDOW_PIXEL, MEMORY_PER_PIXEL = 0.55 * 2 ** 30, 2500, 10
+# Peak resident memory of a run on a CPU, in bytes (tests/test_outputs_and_images.py checks what a run adds to the
+# first): torch and the other libraries once imported (0.7 GiB with torch 2.14's CUDA build); decoding bands and
+# threads; the network's activations per pixel of a tile's window (float32, 64 to 128 channels); and per pixel of
+# the image enhanced: 3 bytes in and 3 out as uint8 and 4 while it is encoded (PIL's RGBX), or 4 + 3 while read.
+MEMORY_OF_IMPORTS, MEMORY_OF_RUN, MEMORY_PER_WINDOW_PIXEL, MEMORY_PER_PIXEL = 0.8 * 2 ** 30, 64 * 2 ** 20, 2800, 10
 
 
 def memory_needed(pixels, tile):
-    """Bytes a run needs at most on a CPU to enhance an image of `pixels` pixels in tiles of `tile`."""
+    """Bytes a run needs at most on a CPU to enhance an image of `pixels` pixels in tiles of `tile`: about 1.6 GiB
+    at 512 plus 10 bytes per pixel (2.5 GiB for 10000x10000)."""
     window = min(pixels, (tile + 2 * RECEPTIVE_RADIUS) ** 2)
-    return MEMORY_BASE + MEMORY_PER_WINDOW_PIXEL * window + MEMORY_PER_PIXEL * pixels
+    return MEMORY_OF_IMPORTS + MEMORY_OF_RUN + MEMORY_PER_WINDOW_PIXEL * window + MEMORY_PER_PIXEL * pixels
 
 
 class ImageFiles:
     """(relative path, (HxWx3 uint8 array, HxW alpha array or None) or an error message) for each file; images of
     more than max_pixels are refused before they are decoded, with a line saying how much memory they need."""
 
-    def __init__(self, root, files, max_pixels, tile, say):
-        self.root, self.files, self.max_pixels, self.tile, self.say = root, files, max_pixels, tile, say
+    def __init__(self, root, files, max_pixels, limit, tile, say):
+        self.root, self.files, self.tile, self.say = root, files, tile, say
+        self.max_pixels, self.limit = max_pixels, limit  # limit: what sets max_pixels, in words
 
     def __len__(self):
         return len(self.files)
@@ -125,9 +128,9 @@ class ImageFiles:
             return self.files[i], read_image(path, self.max_pixels, with_alpha=True, say=self.say)
         except ImageTooLarge as e:
             w, h = e.size
-            return self.files[i], (f"{path}: a {w}x{h} image needs about {memory_needed(e.pixels, self.tile) / 2 ** 30:.1f}"
-                                   f" GiB of memory to enhance, more than --max_pixels {self.max_pixels} allows "
-                                   f"(this machine's memory, by default); --max_pixels {e.pixels} reads it anyway")
+            need = memory_needed(e.pixels, self.tile) / 2 ** 30
+            return self.files[i], (f"{path}: a {w}x{h} image needs about {need:.1f} GiB of memory to enhance, more "
+                                   f"than {self.limit} allows; --max_pixels {e.pixels} reads it anyway")
         except ImageReadError as e:
             return self.files[i], str(e)
 
@@ -237,11 +240,13 @@ def main(argv=None):
     writer = writer_pool(max(1, min(args.writers, len(todo))))  # before the reading threads start
     tiled_writer = ThreadPoolExecutor(1)  # on a CPU, images in tiles: no copy to a writer process (3 bytes a pixel)
     temporary = f".tmp-test-{os.getpid()}-"  # this run's temporary files: a writer killed leaves one behind
-    memory = memory_bytes()
+    memory = memory_bytes()  # --max_pixels 0: what it holds (where it cannot be known, Pillow's limit)
     max_pixels = args.max_pixels or (max(1, int((memory - memory_needed(0, args.tile)) / MEMORY_PER_PIXEL)) if memory
                                      else PILLOW_PIXEL_LIMIT)
-    loader = read_ahead(ImageFiles(args.underexposed_path, todo, max_pixels, args.tile, tqdm.write), args.batch_size,
-                        args.num_workers)
+    limit = (f"--max_pixels {args.max_pixels}" if args.max_pixels else f"this machine's memory ({memory / 2 ** 30:.1f} "
+             "GiB)" if memory else f"the default limit of {PILLOW_PIXEL_LIMIT} pixels")
+    loader = read_ahead(ImageFiles(args.underexposed_path, todo, max_pixels, limit, args.tile, tqdm.write),
+                        args.batch_size, args.num_workers)
     pending, written_paths = deque(), set()
 
     def collect(errors, rel, paths):  # a write's outcome: its lines, and the files it wrote

@@ -69,7 +69,7 @@ def list_images(root, say=None):
 PILLOW_PIXEL_LIMIT = 2 * Image.MAX_IMAGE_PIXELS  # Pillow's own refusal (DecompressionBombError), about 179 Mpx
 Image.MAX_IMAGE_PIXELS = None  # read_image checks the size itself, against the limit each caller gives it
 FLOAT_UNSURE_BELOW = 2  # a float image whose values pass 1 but stay below this may be 0..1 with an overshoot
-BAND_PIXELS = 1 << 22  # read_image copies large images into their array in bands of rows of about this size
+BAND_PIXELS = 1 << 20  # read_image copies large images into their array in bands of rows of about this size
 
 
 class ImageTooLarge(ImageReadError):
