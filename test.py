@@ -37,7 +37,8 @@ def parse_args(argv=None):
                    "published, is the fastest on CPUs; 4-16 on GPUs)")
     p.add_argument("--num_workers", type=integer(0), default=2, help="image decoding threads")
     p.add_argument("--writers", type=integer(1), default=os.cpu_count() or 1, help="image encoding processes "
-                   "(threads where processes cannot be forked: macOS, Windows)")
+                   "(threads where processes cannot be forked: macOS, Windows; on a CPU, images larger than a tile "
+                   "are encoded by one thread of the main process, which needs no copy of them)")
     p.add_argument("--tile", type=integer(1), default=512, help="images larger than tile x tile go through in tiles "
                    "(the result does not depend on it). Peak memory on a CPU: about 1.6 GiB at 512 (0.5 GiB less at "
                    "256) plus 10 bytes per pixel of the largest image: 2.5 GiB for 10000x10000; each image read "
@@ -109,6 +110,14 @@ def memory_needed(pixels, tile):
     at 512 plus 10 bytes per pixel (2.5 GiB for 10000x10000)."""
     window = min(pixels, (tile + 2 * RECEPTIVE_RADIUS) ** 2)
     return MEMORY_OF_IMPORTS + MEMORY_OF_RUN + MEMORY_PER_WINDOW_PIXEL * window + MEMORY_PER_PIXEL * pixels
+
+
+def largest_image(memory, tile):
+    """The most pixels an image may have for memory_needed to stay within `memory` bytes (at least 1)."""
+    window = (tile + 2 * RECEPTIVE_RADIUS) ** 2
+    if memory >= memory_needed(window, tile):
+        return window + int((memory - memory_needed(window, tile)) / MEMORY_PER_PIXEL)
+    return max(1, int((memory - memory_needed(0, tile)) / (MEMORY_PER_WINDOW_PIXEL + MEMORY_PER_PIXEL)))
 
 
 class ImageFiles:
@@ -241,8 +250,7 @@ def main(argv=None):
     tiled_writer = ThreadPoolExecutor(1)  # on a CPU, images in tiles: no copy to a writer process (3 bytes a pixel)
     temporary = f".tmp-test-{os.getpid()}-"  # this run's temporary files: a writer killed leaves one behind
     memory = memory_bytes()  # --max_pixels 0: what it holds (where it cannot be known, Pillow's limit)
-    max_pixels = args.max_pixels or (max(1, int((memory - memory_needed(0, args.tile)) / MEMORY_PER_PIXEL)) if memory
-                                     else PILLOW_PIXEL_LIMIT)
+    max_pixels = args.max_pixels or (largest_image(memory, args.tile) if memory else PILLOW_PIXEL_LIMIT)
     limit = (f"--max_pixels {args.max_pixels}" if args.max_pixels else f"this machine's memory ({memory / 2 ** 30:.1f} "
              "GiB)" if memory else f"the default limit of {PILLOW_PIXEL_LIMIT} pixels")
     loader = read_ahead(ImageFiles(args.underexposed_path, todo, max_pixels, limit, args.tile, tqdm.write),

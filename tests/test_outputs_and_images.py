@@ -345,3 +345,10 @@ def test_tiles_give_the_whole_image_bytes_and_show_progress(tmp_path, weights, c
     err = capsys.readouterr().err
     assert "0/6 [00:00<?, ?tile/s]" in err, err  # a second bar, of the image's tiles
     np.testing.assert_array_equal(read_image(str(tmp_path / "out" / "a.png")), tiled[0].numpy())
+
+
+def test_the_largest_image_memory_holds():
+    for memory, tile in ((24 * 2 ** 30, 512), (2 ** 30, 512), (2 ** 30, 64)):
+        pixels = test_script.largest_image(memory, tile)
+        assert test_script.memory_needed(pixels, tile) <= memory < test_script.memory_needed(pixels + 1, tile)
+    assert test_script.largest_image(24 * 2 ** 30, 512) > 20000 * 20000  # the size Pillow refused
