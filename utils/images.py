@@ -129,7 +129,7 @@ def read_image(path, max_pixels=PILLOW_PIXEL_LIMIT, with_alpha=False, say=print)
         with Image.open(path) as im:
             if im.width * im.height > max_pixels:
                 raise ImageTooLarge(f"{path}: {im.width}x{im.height} image, more than the {max_pixels} pixels "
-                                    "allowed", im.size)
+                                    "allowed (a guard against decompression bombs)", im.size)
             deep = im.mode in ("I", "F") or im.mode.startswith("I;16")
             top = 255 if im.mode == "F" else _largest_value(im) if deep else 255  # before the rotation drops tags
             ImageOps.exif_transpose(im, in_place=True)  # loads the image; in place: no copy when it is upright
