@@ -47,7 +47,8 @@ def parse_args(argv=None):
                    "limit, 179 million, is lifted); 0: as large as this machine's memory holds while it is "
                    "enhanced (see --tile). A larger one gets a line saying how much memory it needs")
     add_precision_flags(p)
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files, also in a folder "
+                   "made with other weights or settings (its record, .made_by.json, says which)")
     p.add_argument("--comparison_path", default=None, help="also write input | enhanced | normal pictures (PNG) here")
     p.add_argument("--normal_path", default=None, help="normal-light images for the pictures (default: the "
                    "input folder's sibling normal/, when there is one)")

@@ -60,7 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--noise_std", type=number(0), help="fixed noise std (0..255 units) instead of [0.26, 0.30]")
     p.add_argument("--scale", type=number(0, 1, above=True), help="fixed factor in (0, 1] instead of a draw from "
                    "[0.35, 0.45]")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files, also in a folder "
+                   "made with other settings (its record, .made_by.json, says which)")
     return p.parse_args(argv)
 
 
