@@ -99,10 +99,10 @@ from utils.images import (PILLOW_PIXEL_LIMIT, ImageReadError, ImageTooLarge, lis
 from utils.output_record import claim_folder, finish_folder  # noqa: E402
 from utils.runtime import keep_freed_memory, memory_bytes, start_device, start_to_host  # noqa: E402
 
-# Peak resident memory of a run on a CPU, in bytes (tests/test_outputs_and_images.py checks what a run adds to the
-# first): torch and the other libraries once imported (0.7 GiB with torch 2.14's CUDA build); decoding bands and
-# threads; the network's activations per pixel of a tile's window (float32, 64 to 128 channels); and per pixel of
-# the image enhanced: 3 bytes in and 3 out as uint8 and 4 while it is encoded (PIL's RGBX), or 4 + 3 while read.
+# Peak resident memory of a run on a CPU, in bytes: torch and the other libraries once imported (0.7 GiB with torch
+# 2.14's CUDA build); decoding bands and threads; the network's activations per pixel of a tile's window (float32,
+# 64 to 128 channels); and per pixel of the image enhanced: 3 bytes in and 3 out as uint8 and 4 while it is encoded
+# (PIL's RGBX), or 4 + 3 while it is read. tests/test_outputs_and_images.py checks all but the first.
 MEMORY_OF_IMPORTS, MEMORY_OF_RUN, MEMORY_PER_WINDOW_PIXEL, MEMORY_PER_PIXEL = 0.8 * 2 ** 30, 64 * 2 ** 20, 2800, 10
 
 
