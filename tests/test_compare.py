@@ -162,3 +162,14 @@ def test_verification_writes_pairs_roc_and_reuses_pairs(faces_root, retinaface_w
     with open(faces_root / "cmp" / "compare.csv") as f:
         assert {row["method"]: row for row in csv.DictReader(f)} == first
     assert pairs.read_bytes() == saved
+
+
+def test_model_figures_beside_the_speed_table():
+    from benchmarks import benchmark
+    from nets.enhance import EnhanceNet
+    figures = benchmark.part_model(None, None, None, sizes=(64,))
+    assert figures["parameters"] == sum(p.numel() for p in EnhanceNet().parameters())
+    assert figures["gflop_64x64"] == 2 * 458_928 * 64 * 64 / 1e9  # the multiply-adds per pixel the issue states
+    row = benchmark.table({"model": {**figures, "peak_rss_gib": 0.1}})[0]
+    assert row[:3] == ("model", "enhancement network", f"{figures['parameters']:,} parameters")
+    assert row[3].startswith(f"{figures['gflop_64x64']:.1f} GFLOP at 64x64")
