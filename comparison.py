@@ -15,7 +15,7 @@ from utils.data import Pairs, read_ahead
 from utils.face_database import identity_of
 from utils.figures import image_grid
 from utils.images import ImageReadError, list_images, read_image
-from utils.verification import make_pairs, read_pairs, resolve_pairs, roc, verification_figures, write_pairs
+from utils.verification import FARS, make_pairs, read_pairs, resolve_pairs, roc, verification_figures, write_pairs
 
 
 def by_stem(files):
@@ -86,9 +86,9 @@ def evaluate_verification(args, files, images_dir, normal_dir, pairs, nets, gall
     figures = verification_figures(scores, [p[2] for p in usable], [p[3] for p in usable])
     figures.update(faceless_pairs=faceless, left_out_pairs=len(pairs) - len(usable))
     far_tar = roc(scores, [p[2] for p in usable])
-    tar = "; ".join(f"TAR@FAR {f} " + (f"{figures[k]:.2f}%" if figures[k] is not None else
-                                       f"not computed ({figures['mismatched']} mismatched pairs, {round(1 / float(f))} "
-                                       "needed)") for f, k in (("1e-2", "tar_at_far_0.01"), ("1e-3", "tar_at_far_0.001")))
+    tar = "; ".join(f"TAR@FAR {far:.0e}".replace("e-0", "e-") + " " + (
+        f"{figures[f'tar_at_far_{far:g}']:.2f}%" if figures[f"tar_at_far_{far:g}"] is not None
+        else f"not computed ({figures['mismatched']} mismatched pairs, {round(1 / far)} needed)") for far in FARS)
     print(f"verification accuracy {figures['accuracy']:.2f}% ± {figures['accuracy_std']:.2f} over {figures['folds']} "
           f"folds ({figures['matched']} matched, {figures['mismatched']} mismatched pairs, gallery: {args.gallery}"
           + (f", {len(pairs) - len(usable)} pairs left out: image missing" if len(usable) < len(pairs) else "")
@@ -113,9 +113,10 @@ def figure_rows(set_files, chosen):
 
 def comparison_figure(dataset_dir, methods, rows, detector):
     """(HxWx3 uint8 grid, notes): one row per relative path of `rows`, columns Input | methods | normal (where the
-    data set has normal/), each image found by stem (a grey square where a folder lacks it); with a detector, the
+    data set has normal/; Input where it has underexposed/), each image found by stem (a grey square where a folder lacks it); with a detector, the
     biggest face found in the row's normal image (else its last column) enlarged from every column."""
-    columns = [INPUT] + [m for m in methods if m != INPUT]
+    has_input = os.path.isdir(method_folder(dataset_dir, INPUT))
+    columns = [INPUT] * has_input + [m for m in methods if m != INPUT]
     folders = [method_folder(dataset_dir, m) for m in columns]
     if os.path.isdir(os.path.join(dataset_dir, "normal")):
         columns, folders = columns + ["normal"], folders + [os.path.join(dataset_dir, "normal")]

@@ -90,7 +90,7 @@ def dataset_dir(args, dataset):
 
 
 def folders(args):
-    """(the enhanced images, the normal-light images) of one method (args.method_name) of one set (args.dataset_name)."""
+    """(the enhanced images, the normal-light images) of args.method_name on args.dataset_name."""
     return (method_folder(dataset_dir(args, args.dataset_name), args.method_name),
             os.path.join(dataset_dir(args, args.dataset_name), "normal"))
 
@@ -178,6 +178,7 @@ from utils.figures import roc_figure  # noqa: E402
 from utils.images import list_images, write_image  # noqa: E402
 from utils.metrics import PSNR_CAP, Average, psnr, ssim  # noqa: E402
 from utils.runtime import autocast, keep_freed_memory, start_device  # noqa: E402
+from utils.verification import FARS  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # networks and databases loaded once per run, shared by every method scored
@@ -268,8 +269,8 @@ def lpips_model(device):
             import lpips
             return lpips.LPIPS(net="alex", verbose=False).to(device).eval()
         except Exception as e:  # its AlexNet weights cannot be downloaded, or a broken install
-            sys.exit(f"error: --lpips: LPIPS cannot be loaded ({type(e).__name__}: {e}); it needs the lpips package and "
-                     "torchvision's AlexNet weights (downloaded once)")
+            sys.exit(f"error: --lpips: LPIPS cannot be loaded ({type(e).__name__}: {e}); it needs the lpips "
+                     "package and torchvision's AlexNet weights (downloaded once)")
     return shared("lpips", load)
 
 
@@ -382,8 +383,8 @@ def score_method(args, device, roc_curves):
     missing = missing_images(set_files, files) if images_dir != set_dir else []
     if missing:
         scored = args.partial or args.every
-        print(f"warning: {images_dir} holds {len(set_files) - len(missing)} of the {len(set_files)} images of {set_dir} "
-              f"({len(missing)} missing, e.g. {missing[0]}); " + ("scored on what it has" if scored else "not scored: "
+        print(f"warning: {images_dir} holds {len(set_files) - len(missing)} of the {len(set_files)} images of "
+              f"{set_dir} ({len(missing)} missing, e.g. {missing[0]}); " + ("scored on what it has" if scored else "not scored: "
               "finish it (test.py and utils.baselines resume where they stopped), or score what it has with --partial"))
         if not scored:
             return None
@@ -391,9 +392,9 @@ def score_method(args, device, roc_curves):
 
     failed = []
     if args.protocol == "verification":
+        pairs, nets = verification_pairs(args, normal_dir), (*face_nets(args, device), device)
         results, roc_curves[args.method_name] = comparison.evaluate_verification(
-            args, files, images_dir, normal_dir, verification_pairs(args, normal_dir), (*face_nets(args, device), device),
-            shared(("gallery", args.dataset_name), dict), failed)
+            args, files, images_dir, normal_dir, pairs, nets, shared(("gallery", args.dataset_name), dict), failed)
     elif args.dataset_name in RECOGNITION_SETS:
         results = evaluate_recognition(args, files, images_dir, normal_dir, device, failed)
     else:
@@ -401,8 +402,8 @@ def score_method(args, device, roc_curves):
     results.update(images=len(files), failed=len(failed))
     if missing:
         results["set_images"] = len(set_files)
-        print(f"{args.method_name} on {args.dataset_name}: scored on {len(files)} of the {len(set_files)} images of the "
-              "set (partial)")
+        print(f"{args.method_name} on {args.dataset_name}: scored on {len(files)} of the {len(set_files)} images of "
+              "the set (partial)")
     if failed:
         print(f"failed images: {len(failed)} (listed above)")
 
@@ -442,8 +443,9 @@ def write_figures(args, dataset, methods, rows, roc_curves, device):
         if os.path.isfile(args.retinaface_checkpoint):
             detector = face_detector(args, device)
         else:
-            print(f"faces not enlarged in the figure: {args.retinaface_checkpoint} not found; `python -m utils.download` "
-                  "fetches it (for a trial: --retinaface_checkpoint tests/weights/Retinaface_mobilenet0.25.pth)")
+            print(f"faces not enlarged in the figure: {args.retinaface_checkpoint} not found; `python -m "
+                  "utils.download` fetches it (for a trial: --retinaface_checkpoint "
+                  "tests/weights/Retinaface_mobilenet0.25.pth)")
         with torch.no_grad():
             grid, notes = comparison.comparison_figure(dataset_dir(args, dataset), methods, rows, detector)
         for note in notes:
@@ -465,7 +467,8 @@ def main(argv=None):
         methods = methods_of(args, dataset)
         rows = []
         if args.figure:
-            files = set_images(args, dataset)[1] or list_images(method_folder(dataset_dir(args, dataset), methods[0]))[0]
+            files = (set_images(args, dataset)[1]
+                     or list_images(method_folder(dataset_dir(args, dataset), methods[0]))[0])
             try:
                 rows = comparison.figure_rows(files, args.figure_images)
             except ValueError as e:
@@ -481,11 +484,11 @@ def main(argv=None):
             status |= results is None or bool(results["failed"]) or ("set_images" in results and not args.partial)
             if results is not None:
                 scores.setdefault(method, {})[dataset] = results
-        for key in ("tar_at_far_0.01", "tar_at_far_0.001"):
-            short = [r[dataset] for r in scores.values() if dataset in r and r[dataset].get(key, 0) is None]
+        for far in FARS:  # verification: a FAR the set's pairs cannot resolve leaves its cells blank
+            short = [r[dataset] for r in scores.values() if r.get(dataset, {}).get(f"tar_at_far_{far:g}", 0) is None]
             if short:
-                notes[(dataset, key)] = (f"{dataset}: {short[0]['mismatched']} mismatched pairs cannot resolve a FAR of "
-                                         f"{float(key.rsplit('_', 1)[1]):g} (at least {round(1 / float(key.rsplit('_', 1)[1]))} needed)")
+                notes[(dataset, f"tar_at_far_{far:g}")] = (f"{dataset}: {short[0]['mismatched']} mismatched pairs "
+                                                          f"cannot resolve a FAR of {far:g} ({round(1 / far)} needed)")
         write_figures(args, dataset, methods, rows, roc_curves, device)
 
     if writes_comparison(args) and scores:

@@ -59,8 +59,8 @@ from utils.checks import ArgumentParser, add_precision_flags, device_name, integ
 
 TEST_RETINAFACE = ROOT / "tests" / "weights" / "Retinaface_mobilenet0.25.pth"  # the published detector
 ENHANCE_MACS_PER_PIXEL = 458_928
-PART_NAMES = ("model", "ceiling", "enhance", "test_py", "large", "large_4096x4096", "large_6000x4000", "train", "train_largest",
-              "eval_py", "precision")
+PART_NAMES = ("model", "ceiling", "enhance", "test_py", "large", "large_4096x4096", "large_6000x4000", "train",
+              "train_largest", "eval_py", "precision")
 
 
 def part_names(text):

@@ -49,7 +49,8 @@ def check_args(args):
     if not os.path.isdir(source):
         sys.exit(f"error: {source}: folder not found (the low-light images of --dataset_name); fetch the data set "
                  f"with `python -m utils.download --datasets {args.dataset_name}`, or make one with utils.lowlight")
-    check_paths(reads=[("the low-light images", source)], writes=[(f"the outputs of {m}", d) for m, d in outputs.items()])
+    check_paths(reads=[("the low-light images", source)],
+                writes=[(f"the outputs of {m}", d) for m, d in outputs.items()])
 
 
 if __name__ == "__main__":
