@@ -112,9 +112,10 @@ def figure_rows(set_files, chosen):
 
 
 def comparison_figure(dataset_dir, methods, rows, detector):
-    """(HxWx3 uint8 grid, notes): one row per relative path of `rows`, columns Input | methods | normal (where the
-    data set has normal/; Input where it has underexposed/), each image found by stem (a grey square where a folder lacks it); with a detector, the
-    biggest face found in the row's normal image (else its last column) enlarged from every column."""
+    """(HxWx3 uint8 grid, notes): one row per relative path of `rows`, columns Input (where the set has
+    underexposed/) | methods | normal (where it has normal/), each image found by stem (a grey square where a folder
+    lacks it); with a detector, the biggest face found in the row's normal image (else its last column) enlarged
+    from every column."""
     has_input = os.path.isdir(method_folder(dataset_dir, INPUT))
     columns = [INPUT] * has_input + [m for m in methods if m != INPUT]
     folders = [method_folder(dataset_dir, m) for m in columns]

@@ -5,7 +5,7 @@ on the others; several methods and data sets in one comparison table.
     python eval.py --dataset_name LFW --method_name Ours --compat      # no face = identity 0, as the published code
     python eval.py --dataset_name CelebA-Test --method_name Ours --lpips --fid
     python eval.py --dataset_name real --method_name Ours             # UNIQUE only: real has no normal/
-    python eval.py --dataset_name samples                            # the bundled samples, after the README's first command
+    python eval.py --dataset_name samples             # the bundled samples, after the README's first command
     python eval.py --dataset_name CASIA-Test LaPa-Test --method_name all --figure   # results/compare/compare.md
     python eval.py --dataset_name CASIA-Test --method_name all --protocol verification --gallery normal
 
@@ -384,8 +384,9 @@ def score_method(args, device, roc_curves):
     if missing:
         scored = args.partial or args.every
         print(f"warning: {images_dir} holds {len(set_files) - len(missing)} of the {len(set_files)} images of "
-              f"{set_dir} ({len(missing)} missing, e.g. {missing[0]}); " + ("scored on what it has" if scored else "not scored: "
-              "finish it (test.py and utils.baselines resume where they stopped), or score what it has with --partial"))
+              f"{set_dir} ({len(missing)} missing, e.g. {missing[0]}); "
+              + ("scored on what it has" if scored else "not scored: finish it (test.py and utils.baselines resume "
+                 "where they stopped), or score what it has with --partial"))
         if not scored:
             return None
     print(f"evaluating {len(files)} images of {images_dir} on {device}")

@@ -46,7 +46,8 @@ def test_all_writes_one_table_with_best_partial_and_footnotes(iqa_root, capsys):
     md = (iqa_root / "cmp" / "compare.md").read_text()
     lines = md.splitlines()
     header = next(line for line in lines if line.startswith("| method"))
-    assert header == "| method | " + " | ".join(f"CelebA-Test {c}" for c in ("PSNR ↑", "SSIM ↑", "UNIQUE ↑", "images")) + " |"
+    names = ("PSNR ↑", "SSIM ↑", "UNIQUE ↑", "images")
+    assert header == "| method | " + " | ".join(f"CelebA-Test {c}" for c in names) + " |"
     rows = {line.split(" | ")[0][2:]: line for line in lines if line.startswith("| ") and "---" not in line}
     assert list(rows) == ["method", "Input", "Half", "Offset", "Same"]  # Input first, then by name
     assert rows["Same"] == "| Same | **100.00** | **1.0000** | [1] | 3 |"  # identical: best, capped at 100 dB
