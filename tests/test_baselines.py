@@ -106,3 +106,12 @@ def test_script_refuses_a_missing_set_in_one_line(tmp_path):
                            str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and done.stderr.count("\n") == 1
     assert "underexposed: folder not found" in done.stderr and "python -m utils.download --datasets Nope" in done.stderr
+
+
+def test_help_answers_before_the_heavy_imports():
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "utils.baselines", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert done.returncode == 0 and "--lime_alpha" in done.stdout
+    assert not imported & {"torch", "cv2", "scipy", "numpy"}
