@@ -101,9 +101,9 @@ def methods_of(args, dataset):
 
 
 def writes_comparison(args):
-    """Whether the run writes into --compare_path: a table (several methods or sets, or all), figures, pairs."""
+    """Whether the run writes into --compare_path: a table (several methods or sets, or all), figures, ROC curves."""
     return (len(args.dataset_name) > 1 or len(args.method_name) > 1 or args.method_name == ["all"] or args.figure
-            or (args.protocol == "verification" and not args.pairs))
+            or args.protocol == "verification")
 
 
 def check_metrics(args):
