@@ -77,8 +77,8 @@ def raise_(error):
 
 
 def run(tmp_path, *args):
-    return download.main(["--checkpoint_root", str(tmp_path / "checkpoint"), "--dataset_root", str(tmp_path / "dataset"),
-                          *args])
+    return download.main(["--checkpoint_root", str(tmp_path / "checkpoint"),
+                          "--dataset_root", str(tmp_path / "dataset"), *args])
 
 
 def lines_about(out, path):
@@ -331,7 +331,7 @@ def test_archive_layout_found_below_stray_members(tmp_path, drive, monkeypatch, 
     ([("Contrast/high/a.png", png(1)), ("Contrast/high/a.png", png(2))], (),
      "member name Contrast/high/a.png is there twice (or is a file and a folder): ambiguous"),
     ([("Contrast/high", png(1)), ("Contrast/high/a.png", png(2))], (),
-     "member name Contrast/high/a.png is there twice (or is a file and a folder): ambiguous"),
+     "member name Contrast/high is there twice (or is a file and a folder): ambiguous"),
     ([("Contrast/high/a.png", bytes(3000))], ("--max_unpacked_gb", "0.000002"),
      "its members declare 3e-06 GB unpacked, more than --max_unpacked_gb 2e-06: pass a larger one if you trust it"),
 ])
@@ -367,8 +367,8 @@ def test_unpack_conflict_is_one_line_and_touches_nothing(tmp_path, drive, monkey
     (data / "LFW/normal").write_bytes(b"a file where the archive has a folder")
     assert run(tmp_path, "--datasets", "LFW") == 1
     (line,) = [line for line in lines_about(capsys.readouterr().out, data / "LFW.zip") if "not unpacked" in line]
-    assert line == (f"{data / 'LFW.zip'}: not unpacked into {data / 'LFW'} (nothing of it left there): {data / 'LFW/normal'} "
-                    "is a file where the archive has a folder")
+    assert line == (f"{data / 'LFW.zip'}: not unpacked into {data / 'LFW'} (nothing of it left there): "
+                    f"{data / 'LFW/normal'} is a file where the archive has a folder")
     assert files_below(data) == ["LFW.zip", "LFW/normal"]
     assert (data / "LFW/normal").read_bytes() == b"a file where the archive has a folder"
 
@@ -395,8 +395,8 @@ def test_full_disk_while_unpacking_leaves_nothing(tmp_path, drive, monkeypatch, 
     assert run(tmp_path, "--datasets", "LFW") == 1
     monkeypatch.undo()
     (line,) = [line for line in lines_about(capsys.readouterr().out, data / "LFW.zip") if "not unpacked" in line]
-    assert line == (f"{data / 'LFW.zip'}: not unpacked into {data / 'LFW'} (nothing of it left there): the disk is full: "
-                    "[Errno 28] No space left on device")
+    assert line == (f"{data / 'LFW.zip'}: not unpacked into {data / 'LFW'} (nothing of it left there): "
+                    "the disk is full: [Errno 28] No space left on device")
     assert files_below(data) == ["LFW.zip"] and os.listdir(data / "LFW/normal") == ["Ann"]
 
 

@@ -41,8 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint_root", default="checkpoint", help="where the checkpoints go")
     p.add_argument("--dataset_root", default="dataset", help="where the data sets go, one folder NAME each")
     p.add_argument("--max_unpacked_gb", type=number(0, above=True), default=50.0,
-                   help="refuse an archive whose members declare more than this many GB unpacked (the published sets "
-                        "are a few GB each)")
+                   help="refuse an archive whose members declare more than this many GB unpacked (a guard against "
+                        "archive bombs)")
     return p.parse_args(argv)
 
 
@@ -247,8 +247,8 @@ def check_archive(path, dataset, max_bytes):
             raise ValueError(f"unsafe member path {unsafe[0]}")
         counts = Counter(n.rstrip("/") for n in names)
         files = {n for n in names if not n.endswith("/")}
-        twice = [n for n, c in counts.items() if c > 1] or [
-            n for n in names if any("/".join(n.split("/")[:i]) in files for i in range(1, n.rstrip("/").count("/") + 1))]
+        folders = {"/".join(n.split("/")[:i]) for n in names for i in range(1, n.rstrip("/").count("/") + 1)}
+        twice = sorted(n for n, c in counts.items() if c > 1) + sorted(files & folders)
         if twice:
             raise ValueError(f"member name {twice[0]} is there twice (or is a file and a folder): ambiguous")
         size = sum(m.file_size for m in members)
@@ -312,7 +312,7 @@ def unpack(archive, dataset, root):
             for i, (m, dest) in enumerate(new):
                 missing = []
                 parent = os.path.dirname(dest)
-                while not os.path.isdir(parent):
+                while parent and not os.path.isdir(parent):
                     missing.append(parent)
                     parent = os.path.dirname(parent)
                 for parent in reversed(missing):
