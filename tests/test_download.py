@@ -3,6 +3,8 @@ listing under the published folder URLs (download.DRIVE)."""
 import argparse
 import errno
 import fcntl
+import functools
+import http.server
 import io
 import os
 import shutil
@@ -441,3 +443,25 @@ def test_two_downloads_into_one_folder_take_turns(tmp_path, good, drive, monkeyp
                        "second": ("there", f"{dest}: already there")}
     assert drive.calls == ["Low-FaceNet.pth"]
     assert open(dest, "rb").read() == data and os.listdir(tmp_path / "checkpoint") == ["Low-FaceNet.pth"]
+
+
+def test_the_real_transport_from_a_local_server_honours_the_umask(tmp_path, good, monkeypatch):
+    """gdown itself (no fake fetch), from an HTTP server on this machine: its 0600 temporary becomes a file with the
+    umask's permissions, and nothing else is left beside it."""
+    (tmp_path / "site").mkdir()
+    shutil.copyfile(good["enhance"], tmp_path / "site" / "Low-FaceNet.pth")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "site"))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    dest = str(tmp_path / "checkpoint" / "Low-FaceNet.pth")
+    try:
+        state, line = download.get(f"http://127.0.0.1:{server.server_port}/Low-FaceNet.pth", dest,
+                                   lambda path: nets.load("enhance", path))
+    finally:
+        server.shutdown()
+    assert (state, line) == ("downloaded", f"{dest}: downloaded and checked")
+    assert os.stat(dest).st_mode & 0o777 == plain_file_mode() != 0o600
+    assert open(dest, "rb").read() == good["enhance"].read_bytes()
+    assert os.listdir(tmp_path / "checkpoint") == ["Low-FaceNet.pth"]
