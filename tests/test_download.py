@@ -157,6 +157,7 @@ def test_killed_download_leaves_no_file(tmp_path, good, drive, monkeypatch):
     (requests.ConnectionError("Failed to resolve 'drive.google.com'"), "no network or the connection failed"),
     (gdown.exceptions.FileURLRetrievalError("Too many users have viewed or downloaded this file recently"),
      "Google Drive refused"),
+    (OSError(errno.ENOSPC, "No space left on device"), "the disk is full"),
 ])
 def test_no_network_or_drive_refusal_one_line_per_file(tmp_path, good, drive, monkeypatch, capsys, error, kind):
     monkeypatch.setattr(download, "MODELS", SMALL)
@@ -465,3 +466,14 @@ def test_the_real_transport_from_a_local_server_honours_the_umask(tmp_path, good
     assert os.stat(dest).st_mode & 0o777 == plain_file_mode() != 0o600
     assert open(dest, "rb").read() == good["enhance"].read_bytes()
     assert os.listdir(tmp_path / "checkpoint") == ["Low-FaceNet.pth"]
+
+
+def test_a_file_where_the_folder_goes_is_one_line(tmp_path, good, drive, monkeypatch, capsys):
+    monkeypatch.setattr(download, "MODELS", ("enhance",))
+    drive.files = {"Low-FaceNet.pth": serve(good["enhance"])}
+    (tmp_path / "checkpoint").write_bytes(b"my notes")
+    assert run(tmp_path) == 1
+    dest = tmp_path / "checkpoint" / "Low-FaceNet.pth"
+    (line,) = lines_about(capsys.readouterr().out, dest)
+    assert line.startswith(f"{dest}: cannot make its folder: [Errno 17] File exists") and line.endswith(f"to {dest}")
+    assert (tmp_path / "checkpoint").read_bytes() == b"my notes" and drive.calls == []

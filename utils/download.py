@@ -135,7 +135,7 @@ def get(source, dest, check):
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:  # a file where the folder goes, no permission, ...
-        return "failed", f"{dest}: cannot make its folder: {why(e)}"
+        return "failed", f"{dest}: cannot make its folder: {' '.join(str(e).split())}"
     with folder_lock(folder):  # decided and written by one process at a time
         if os.path.exists(dest):
             p = problem(dest, check)
