@@ -477,3 +477,15 @@ def test_a_file_where_the_folder_goes_is_one_line(tmp_path, good, drive, monkeyp
     (line,) = lines_about(capsys.readouterr().out, dest)
     assert line.startswith(f"{dest}: cannot make its folder: [Errno 17] File exists") and line.endswith(f"to {dest}")
     assert (tmp_path / "checkpoint").read_bytes() == b"my notes" and drive.calls == []
+
+
+def test_a_file_system_without_folder_locks_downloads_with_a_note(tmp_path, good, drive, monkeypatch, capsys):
+    monkeypatch.setattr(download, "MODELS", SMALL)
+    monkeypatch.setattr(fcntl, "flock", lambda fd, operation: raise_(OSError(errno.EBADF, "Bad file descriptor"))(fd))
+    download.unlocked.cache_clear()
+    drive.files = {p.name: serve(p) for p in good.values()}
+    assert run(tmp_path) == 0
+    out = capsys.readouterr().out
+    note = "note: this file system cannot lock folders (Bad file descriptor): run one download at a time"
+    assert out.count(note) == 1
+    assert out.count("downloaded and checked") == 3

@@ -52,6 +52,7 @@ if __name__ == "__main__":
 import contextlib  # noqa: E402
 import errno  # noqa: E402
 import fcntl  # noqa: E402
+import functools  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
@@ -108,6 +109,12 @@ def problem(path, check):
         return " ".join(str(e).replace(f"{path}: ", "").split()) or type(e).__name__
 
 
+@functools.cache
+def unlocked(reason):
+    """Say once per run (per reason) that folders cannot be locked here."""
+    tqdm.write(f"note: this file system cannot lock folders ({reason}): run one download at a time")
+
+
 @contextlib.contextmanager
 def folder_lock(folder):
     """Hold an exclusive lock on `folder` (flock on the folder itself: no lock file, and the system releases it when
@@ -119,6 +126,8 @@ def folder_lock(folder):
         except BlockingIOError:
             tqdm.write(f"{folder}: another download is writing here; waiting for it to finish")
             fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:  # some network file systems lock only files open for writing
+            unlocked(e.strerror or type(e).__name__)
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -261,7 +270,7 @@ def check_archive(path, dataset, max_bytes):
             raise ValueError(f"member {broken} fails its CRC test")
 
 
-def check_file(path, name, max_bytes=50e9):
+def check_file(path, name, max_bytes):
     """The check of a data set file (`name`, its final name, says what it is): an image must decode, an archive
     NAME.zip pass check_archive."""
     if name.lower().endswith(IMAGE_EXTENSIONS):
@@ -334,7 +343,7 @@ def unpack(archive, dataset, root):
         return len(new), len(members) - len(new), sum(not m.is_dir() for m in z.infolist()) - len(members)
 
 
-def download_dataset(name, url, found, reason=None, root="dataset", max_bytes=50e9):
+def download_dataset(name, url, found, reason, root, max_bytes):
     """Fetch data set `name` into root/NAME: the files below NAME/ in the listing `found` of the Drive folder `url`,
     or its archive NAME.zip, unpacked. True when every file is there. One line per set, one per file with a problem."""
     folder = os.path.join(root, name)
