@@ -13,8 +13,9 @@ which the next run resumes. Two runs into one folder take turns (a lock on the f
 its last writer. A file already in place is never overwritten: one that passes its check is kept ("already there"),
 one that fails is reported and left alone. An archive's new members are unpacked into a temporary folder, every image
 is decoded there, and only then are they moved into dataset/NAME (macOS's __MACOSX/ and dot-files are left out); any
-problem leaves nothing of it. Every file that could not be had gets one line saying what to do by hand, with the
-BaiduNetdisk copy; the exit status is 1 when any file is missing at the end.
+problem leaves nothing of it. gdown lists at most 50 entries of a Drive folder: a set whose listing shows 50 may be
+incomplete and is reported so. Every file that could not be had gets one line saying what to do by hand, with the
+BaiduNetdisk copy; the exit status is 1 when any file is missing (or may be) at the end.
 """
 import sys
 
