@@ -118,6 +118,11 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once, at import: os.umask can only be read by setting it
 
 
+def plain_file_mode():
+    """The permissions a plain open() gives a new file under the user's umask (typically 0o644)."""
+    return 0o666 & ~_UMASK
+
+
 def atomic_write(path, write):
     """write(binary file object) into a hidden temporary file beside `path`, flush it to disk, then rename it
     over `path`: a run killed at any point leaves the old file or the new one, never a broken one."""
@@ -127,7 +132,7 @@ def atomic_write(path, write):
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")  # a short name: `path`'s own may be near the 255-byte limit
     try:
         with os.fdopen(fd, "wb") as f:
-            os.chmod(tmp, 0o666 & ~_UMASK)  # the permissions of a plain open(), not mkstemp's 0600
+            os.chmod(tmp, plain_file_mode())  # not mkstemp's 0600
             write(f)
             f.flush()
             os.fsync(f.fileno())
