@@ -118,9 +118,15 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once, at import: os.umask can only be read by setting it
 
 
+class WriteError(OSError):
+    """A file could not be written (a full disk, say): one line naming it; nothing partial was left."""
+
+
 def atomic_write(path, write):
     """write(binary file object) into a hidden temporary file beside `path`, flush it to disk, then rename it
-    over `path`: a run killed at any point leaves the old file or the new one, never a broken one."""
+    over `path`: a run killed at any point leaves the old file or the new one, never a broken one. A write that
+    fails on the file system (a full disk, also when torch.save reports it as a RuntimeError) raises WriteError,
+    'PATH: cannot write (No space left on device)', after removing the temporary file."""
     path = str(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -132,10 +138,26 @@ def atomic_write(path, write):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise
+        cause = _os_error(e) if isinstance(e, Exception) and not isinstance(e, WriteError) else None
+        if cause is None:  # an interruption, a bug in `write`: as it is
+            raise
+        error = WriteError(f"{path}: cannot write ({cause.strerror or cause})")
+        error.errno = cause.errno
+        raise error from None
+
+
+def _os_error(e):
+    """The OSError that `e` is or that led to it (torch.save's RuntimeError after a failed write), else None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def atomic_save(obj, path):
