@@ -368,7 +368,7 @@ def main(argv=None):
         if stop.signal:  # the loop saved a resume point and stopped: non-zero, so that `train.py && next` stops
             raise SystemExit(128 + stop.signal)
     except Interrupted as e:
-        log(f"interrupted by {e.name} " + ("in training; last resume point: " + resume_path if stop.training else
+        log(f"interrupted by {e.name} " + (f"in training ({last_resume_point(resume_path)})" if stop.training else
                                            f"before training started; nothing was written to {args.checkpoint_root}"))
         raise
     except NonFiniteStep as e:  # raised where the host reads the monitor: no weight was changed by the step or after
