@@ -385,6 +385,7 @@ def main(argv=None):
 
 
 def last_resume_point(resume_path):
+    """The end of a stop line: the resume point to continue from, if there is one."""
     return f"last resume point: {resume_path}" if os.path.exists(resume_path) else "no resume point written yet"
 
 

@@ -90,19 +90,25 @@ def test_a_signal_in_set_up_stops_at_once_and_writes_nothing(run, tmp_path, monk
     assert not isinstance(signal.getsignal(signum), train.Signals)  # the handlers of before are back
 
 
-def test_a_signal_in_training_saves_a_resume_point_and_exits_non_zero(run, tmp_path, monkeypatch):
-    train_step = train.train_step
+@pytest.mark.parametrize("signals", [1, 2], ids=["one signal", "two signals"])
+def test_a_signal_in_training_saves_a_resume_point_and_exits_non_zero(run, tmp_path, monkeypatch, signals):
+    train_step, steps = train.train_step, []
 
-    def signalled(*args, **kwargs):  # Ctrl-C during the first step
-        os.kill(os.getpid(), signal.SIGINT)
+    def signalled(*args, **kwargs):  # Ctrl-C during the second step (twice: impatient, it stops at once)
+        steps.append(1)
+        if len(steps) == 2:
+            for _ in range(signals):
+                os.kill(os.getpid(), signal.SIGINT)
         return train_step(*args, **kwargs)
     monkeypatch.setattr(train, "train_step", signalled)
-    assert run("--save_every", "100") == 130
+    assert run("--save_every", "1") == 130
     state = torch.load(tmp_path / "ckpt/resume.pth", weights_only=True)
-    assert (state["epoch"], state["batch"]) == (0, 1)
+    assert (state["epoch"], state["batch"]) == (0, 3 - signals) and len(steps) == 2
     assert not (tmp_path / "ckpt/epoch0.pth").exists()
-    assert (tmp_path / "log/train.txt").read_text().splitlines()[-1] == \
-        f"stopped at epoch 0 iteration 1 by SIGINT; continue with --resume ({tmp_path / 'ckpt/resume.pth'})"
+    resume = tmp_path / "ckpt/resume.pth"
+    assert (tmp_path / "log/train.txt").read_text().splitlines()[-1] == (
+        f"stopped at epoch 0 iteration 2 by SIGINT; continue with --resume ({resume})" if signals == 1 else
+        f"interrupted by SIGINT in training (last resume point: {resume})")
 
 
 def test_resume_refuses_other_data_and_applies_changed_settings(run, tiny_dataset, tmp_path):
