@@ -4,6 +4,7 @@
     python train.py --batch_size 8 --device cuda --num_workers 8
     python train.py --batch_size 32 --device cuda --num_workers 8 --precision bf16 --compile   # faster on a GPU
     python train.py --resume                         # continue from checkpoint/LLE/resume.pth
+    python train.py --overwrite                      # start over where an earlier run wrote (removes its files)
     python train.py --val_dataset LaPa-Test          # validate after every epoch, keep checkpoint/LLE/best.pth
     tensorboard --logdir log/tensorboard             # watch it: losses, learning rate, images/s, validation, previews
     torchrun --standalone --nproc_per_node 4 train.py --batch_size 2          # 4 GPUs (or CPU processes), global batch 8
@@ -29,7 +30,7 @@ Every training file is decoded once before training starts (a file that stops be
 line and skipped). A NaN/Inf loss term or gradient stops training with a line naming it, and no weight is changed by
 that step or any after it: the check runs on the device and the host reads it once per log line and before every
 checkpoint (a step waits for the device only for the face detections). Errors end in one line, also appended to
-the log.
+the log (a full disk while writing a checkpoint included; no partial file is left).
 
 Beside the log (--log_path, default log/train.txt) go run.json (arguments, start time, git commit, versions,
 device), tensorboard/ (every loss term, learning rate, images/s, validation measures, previews) and, with
