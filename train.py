@@ -223,8 +223,11 @@ class Log:
         if self.main:
             tqdm.write(line, file=sys.stdout)  # above the progress bar, when there is one
             sys.stdout.flush()
-            with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as f:
-                f.write(line + "\n")
+            try:
+                with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as f:
+                    f.write(line + "\n")
+            except OSError as e:  # a full disk: one line (main ends the run with it), no traceback
+                raise WriteError(f"{self.path}: cannot write ({e.strerror or e})") from None
 
     def fail(self, message):
         """Appends 'error: message' to the log file (when the disk still takes it) and exits with it (status 1)."""

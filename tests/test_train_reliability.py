@@ -11,7 +11,11 @@ import pytest
 import torch
 
 import train
+from utils.checkpoint import WriteError
 from utils.images import read_image, write_image
+
+FULL = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux), where every write fails "
+                          "with 'No space left on device'")
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +142,7 @@ def test_resume_refuses_other_data_and_applies_changed_settings(run, tiny_datase
     assert json.loads((tmp_path / "log/run.json").read_text())["args"]["lr"] == 0.001
 
 
+@FULL
 def test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_leaves_nothing_partial(run, tmp_path, monkeypatch):
     mkstemp, saves = tempfile.mkstemp, []
 
@@ -158,3 +163,13 @@ def test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_leaves_nothing_p
     assert os.listdir(tmp_path / "ckpt") == ["resume.pth"]  # no temporary file left
     state = torch.load(resume, weights_only=True)
     assert (state["epoch"], state["batch"]) == (0, 1)  # the last good one
+
+
+@FULL
+def test_a_full_disk_under_the_log_is_one_line():
+    log = train.Log("/dev/full")
+    with pytest.raises(WriteError, match=r"^/dev/full: cannot write \(No space left on device\)$"):
+        log("epoch 0 iter 1/3 ...")
+    with pytest.raises(SystemExit) as stop:
+        log.fail("the run's own error")
+    assert stop.value.code == "error: the run's own error"  # still said, although the log cannot take it
