@@ -227,7 +227,7 @@ class Log:
                 with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as f:
                     f.write(line + "\n")
             except OSError as e:  # a full disk: one line (main ends the run with it), no traceback
-                raise WriteError(f"{self.path}: cannot write ({e.strerror or e})") from None
+                raise WriteError(e.errno, e.strerror or str(e), self.path) from None
 
     def fail(self, message):
         """Appends 'error: message' to the log file (when the disk still takes it) and exits with it (status 1)."""
@@ -378,7 +378,7 @@ def main(argv=None):
     except NonFiniteStep as e:  # raised where the host reads the monitor: no weight was changed by the step or after
         log.fail(f"{e}; stopped before writing these weights ({last_resume_point(resume_path)})")
     except WriteError as e:  # a full disk: nothing partial is left, the files written before stay
-        log.fail(f"{e}; training stopped ({last_resume_point(resume_path)})")
+        log.fail(f"{e.line}; training stopped ({last_resume_point(resume_path)})")
     except TrainingDataGone as e:  # raised in a loader worker, its message ends with the worker's traceback
         log.fail(str(e).strip().splitlines()[-1].removeprefix(f"{TrainingDataGone.__module__}.TrainingDataGone: "))
     finally:

@@ -119,18 +119,26 @@ os.umask(_UMASK)  # read once, at import: os.umask can only be read by setting i
 
 
 class WriteError(OSError):
-    """A file could not be written (a full disk, say): one line naming it; nothing partial was left."""
+    """OSError(errno, strerror, path) of a file that could not be written (a full disk, say), without the errors
+    chained behind it; nothing partial was left. `line` says it in one line: 'PATH: cannot write (REASON)'."""
+
+    @property
+    def line(self):
+        return f"{self.filename}: cannot write ({self.strerror})"
 
 
 def atomic_write(path, write):
     """write(binary file object) into a hidden temporary file beside `path`, flush it to disk, then rename it
     over `path`: a run killed at any point leaves the old file or the new one, never a broken one. A write that
-    fails on the file system (a full disk, also when torch.save reports it as a RuntimeError) raises WriteError,
-    'PATH: cannot write (No space left on device)', after removing the temporary file."""
+    fails on the file system (a full disk, also when torch.save reports it as a RuntimeError) raises WriteError
+    after removing the temporary file."""
     path = str(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")  # a short name: `path`'s own may be near the 255-byte limit
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")  # short: `path`'s own may be near the 255-byte limit
+    except OSError as e:  # no inode left, say
+        raise WriteError(e.errno, e.strerror, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             os.chmod(tmp, 0o666 & ~_UMASK)  # the permissions of a plain open(), not mkstemp's 0600
@@ -142,11 +150,9 @@ def atomic_write(path, write):
         if os.path.exists(tmp):
             os.remove(tmp)
         cause = _os_error(e) if isinstance(e, Exception) and not isinstance(e, WriteError) else None
-        if cause is None:  # an interruption, a bug in `write`: as it is
+        if cause is None or cause.errno is None:  # an interruption, an encoder's refusal, a bug: as it is
             raise
-        error = WriteError(f"{path}: cannot write ({cause.strerror or cause})")
-        error.errno = cause.errno
-        raise error from None
+        raise WriteError(cause.errno, cause.strerror or str(cause), path) from None
 
 
 def _os_error(e):
