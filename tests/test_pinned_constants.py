@@ -2,6 +2,7 @@
 SPEC written out here, formulas written out here, values computed by hand, and the published code's outputs in
 tests/reference/. None of the expectations below comes from the implementation's own tables or functions."""
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 from PIL import Image
 
 import train
-from conftest import IDENTITIES, assert_close, load_parity, parity_weights
+from conftest import IDENTITIES, ROOT, assert_close, load_parity, parity_weights
 from nets import losses
 from nets.enhance import EnhanceNet
 from nets.face_recognition import FaceRecognitionLoss, encode_faces
@@ -292,3 +293,24 @@ def test_32_bit_images_divide_by_2_to_the_32_minus_1(tmp_path):
     values = [0, 8421504, 8421505, 16843009 * 100, 2 ** 31 - 1]
     Image.fromarray(np.array([values], np.int32)).save(tmp_path / "thirty_two.tif")
     assert _grey(tmp_path / "thirty_two.tif") == [0, 0, 1, 100, 127]
+
+
+# ---------------------------------------------------------------- provenance: the generator's weight probes
+
+def test_reference_generator_writes_the_stored_weight_probes():
+    """tests/reference/make_reference.py (which needs the published checkout for everything else) rebuilds
+    parity_weights_probe.pt, bit for bit, from the formula and the manifests (two of its four modules here: VGG16's
+    14.7 million weights take long on a small CPU; test_core_parity checks the formula on all four)."""
+    sys.path.insert(0, str(ROOT / "tests" / "reference"))
+    try:
+        import make_reference
+    finally:
+        sys.path.remove(str(ROOT / "tests" / "reference"))
+    stored = load_parity("weights_probe")
+    tags = ("enhance", "deeplab")
+    made = make_reference.weights_probe_file(int(stored["seed"]), tags)
+    assert set(made) == {"seed", "doc", *tags} and int(made["seed"]) == int(stored["seed"])
+    for tag in tags:
+        assert made[tag].keys() == stored[tag].keys(), tag
+        for key, value in stored[tag].items():
+            assert torch.equal(made[tag][key], value), f"{tag}.{key}"

@@ -221,60 +221,50 @@ import sys, torch
 from torch.nn.parallel import DistributedDataParallel
 from utils import distributed
 from nets.enhance import EnhanceNet, init_weights
-from nets.face_recognition import FaceRecognitionLoss
-from nets.facenet import load_facenet
 from nets.losses import LowFaceNetObjective
-from nets.retinaface import load_retinaface
 from nets.vgg import load_vgg16
 setup_file, out = sys.argv[1:]
 rank, world, device = distributed.setup("cpu")
 setup = torch.load(setup_file, weights_only=True)
-objective = LowFaceNetObjective(load_vgg16(setup["vgg"]), FaceRecognitionLoss(
-    load_retinaface(setup["retinaface"]), load_facenet(setup["facenet"]), setup["encodings"]))
+objective = LowFaceNetObjective(load_vgg16(setup["vgg"]))
 torch.manual_seed(0)
 net = init_weights(EnhanceNet())
 model = DistributedDataParallel(net) if world > 1 else net
 optimizer = torch.optim.SGD(net.parameters(), lr=1e-3)
 share = len(setup["batch"][0]) // world
-batch = [t[rank * share:(rank + 1) * share] for t in setup["batch"]]
-low, seg, labels, pos, neg = batch
+low, seg, labels, pos, neg = [t[rank * share:(rank + 1) * share] for t in setup["batch"]]
 grads = []
 for step in range(3):
-    total, terms, logits = objective(*model(low), low, pos, neg, seg, labels)
+    total, terms, _ = objective(*model(low), low, pos, neg, seg)
     optimizer.zero_grad()
     total.backward()
     grads.append({k: p.grad.clone() for k, p in net.named_parameters()})
     optimizer.step()
 if rank == 0:
-    torch.save({"grads": grads, "weights": net.state_dict(), "face": terms["face"]}, out)
+    torch.save({"grads": grads, "weights": net.state_dict()}, out)
 distributed.cleanup()
 '''
 
 
-def test_two_ranks_give_the_gradients_of_one_process_over_three_sgd_steps(tiny_dataset, tmp_path, facenet_file,
-                                                                          retinaface_weights, vgg_file):
-    """The gradients themselves (not Adam's +-lr steps) of 2 ranks x 2 images against 1 process x 4 images, at
-    every one of 3 SGD steps, and the weights after them; face loss included (faces are found at 128x128)."""
-    from nets.facenet import load_facenet
-    from nets.retinaface import load_retinaface
+def test_two_ranks_give_the_gradients_of_one_process_over_three_sgd_steps(tiny_dataset, tmp_path, vgg_file):
+    """The gradients themselves (not Adam's +-lr steps) of 2 ranks x 2 images against 1 process x 4 images, at each
+    of 3 SGD steps, and the weights after them. Every image term is a ratio, product or broadcast of means over the
+    global batch, so a rank that used its own means would be off by percents; rounding is within 1e-5 of the
+    largest gradient. (The face loss, a plain mean of cross-entropies, is left out: it would need faces found.)"""
     from utils.data import TrainSet
-    from utils.face_database import load_encodings
     face_set = tiny_dataset / "LaPa-Face"
-    encodings, names = load_encodings(str(face_set / "normal"), str(tmp_path / "db"), str(tmp_path / "enc"),
-                                      "LaPa-Face", load_retinaface(retinaface_weights), load_facenet(facenet_file), "cpu")
-    data = TrainSet(str(face_set), names, 128, str(tiny_dataset / "Contrast/high"), str(tiny_dataset / "Contrast/low"))
+    data = TrainSet(str(face_set), IDENTITIES[:3], 64, str(tiny_dataset / "Contrast/high"),
+                    str(tiny_dataset / "Contrast/low"))
     batch = torch.utils.data.default_collate([data[i] for i in (0, 2, 3, 5)])
-    torch.save({"batch": batch, "encodings": encodings, "vgg": str(vgg_file), "retinaface": str(retinaface_weights),
-                "facenet": str(facenet_file)}, tmp_path / "setup.pt")
+    torch.save({"batch": batch, "vgg": str(vgg_file)}, tmp_path / "setup.pt")
     (tmp_path / "worker.py").write_text(DDP_WORKER)
     _run([sys.executable, str(tmp_path / "worker.py"), str(tmp_path / "setup.pt"), str(tmp_path / "one.pt")])
     _torchrun([str(tmp_path / "worker.py"), str(tmp_path / "setup.pt"), str(tmp_path / "two.pt")], tmp_path)
     one, two = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("one", "two"))
-    assert one["face"].item() > 0  # the face loss is part of the gradients compared
     for step, (g1, g2) in enumerate(zip(one["grads"], two["grads"])):
+        scale = max(g.abs().max().item() for g in g1.values())
         for k in g1:
-            scale = g1[k].abs().max().item()
-            torch.testing.assert_close(g2[k], g1[k], rtol=0, atol=1e-4 * scale + 1e-12, msg=f"step {step}: {k}")
+            torch.testing.assert_close(g2[k], g1[k], rtol=0, atol=1e-4 * scale, msg=f"step {step}: {k}")
     _same_weights(two["weights"], one["weights"], atol=1e-6)
 
 
