@@ -3,7 +3,6 @@ and resume at batch 2, resuming from a bare epochN.pth, --weight_decay, --lr, --
 inception_resnetv1, --preview_images, --compile, torchrun with --resume and validation, DDP gradients, UNIQUE and
 --dataset_name samples in eval.py, test.py --tile, utils.lowlight and utils.face_photos from their command lines,
 benchmark --repeat/--test_batch. Expected values come from the test (formulas, hand-computed values, other runs)."""
-import json
 import math
 import os
 import shutil
@@ -15,7 +14,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import eval as evaluate
 import test as test_script
@@ -85,9 +83,9 @@ def test_best_checkpoint_follows_the_chosen_metric_ties_and_all(train_args, two_
 
     monkeypatch.setattr(Validation, "__call__", scripted)
     previews = 0 if every == 2 else 2
-    train.main(train_args("--dataset_root", str(two_images), "--epoch_num", "4", "--batch_size", "2", "--crop_size", "32",
-                          "--val_dataset", "LaPa-Face",
-                          "--best_metric", metric, "--val_every", str(every), "--preview_images", str(previews)))
+    train.main(train_args("--dataset_root", str(two_images), "--epoch_num", "4", "--batch_size", "2",
+                          "--crop_size", "32", "--val_dataset", "LaPa-Face", "--best_metric", metric,
+                          "--val_every", str(every), "--preview_images", str(previews)))
     assert calls == [(epoch, previews) for epoch in validated]
     _same_weights(_weights(tmp_path / "ckpt/best.pth"), _weights(tmp_path / f"ckpt/epoch{best}.pth"))
     log = (tmp_path / "log/train.txt").read_text()
@@ -316,9 +314,13 @@ def fill_one(name, tensor):
 
 # ---------------------------------------------------------------- test.py --tile end to end
 
-def test_test_py_tiles_images_several_tiles_wide_and_tall(tmp_path):
+def test_test_py_tiles_images_several_tiles_wide_and_tall(tmp_path, monkeypatch):
     """--tile 24 on images of 101x77, 50x130 and 24x25 (several tiles each way, odd sizes, one just over a tile):
-    the files written are the bytes of the whole image through the network at once."""
+    the network sees windows of at most 24 + 2 x 11 pixels (5 x 4, 3 x 6 and 1 x 2 of them), and the files written
+    are the bytes of the whole image through the network at once."""
+    windows = []
+    forward = EnhanceNet.forward
+    monkeypatch.setattr(EnhanceNet, "forward", lambda self, x: windows.append(tuple(x.shape[-2:])) or forward(self, x))
     torch.manual_seed(3)
     model = init_weights(EnhanceNet(), std=0.1)
     torch.save(model.state_dict(), tmp_path / "weights.pth")
@@ -330,6 +332,7 @@ def test_test_py_tiles_images_several_tiles_wide_and_tall(tmp_path):
                                "--enhance_checkpoint", str(tmp_path / "weights.pth"), "--tile", "24",
                                "--device", "cpu", "--num_workers", "0", "--writers", "1"])
     assert status in (0, None)
+    assert len(windows) == 5 * 4 + 3 * 6 + 1 * 2 and max(max(w) for w in windows) == 46, windows
     model.eval()
     for name in sizes:
         with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Regenerate tests/reference/parity_*.pt by running the published code (github.com/fanyihua0309/Low-FaceNet) on the CPU.
+"""Regenerate tests/reference/parity_*.pt: the published code (github.com/fanyihua0309/Low-FaceNet) run on the CPU.
 
     git clone https://github.com/fanyihua0309/Low-FaceNet UPSTREAM && git -C UPSTREAM checkout 8787682
     python tests/reference/make_reference.py UPSTREAM OUT 1 --inputs tests/reference    # the stored inputs again
@@ -133,7 +133,8 @@ def segmentation_file(inputs, seed):
     from seg_module.modeling import deeplabv3plus_mobilenet
     stored = inputs.stored("segmentation")
     x = stored["input_normalized"] if stored else torch.randn(1, 3, 64, 72, generator=inputs.g)
-    model = filled(deeplabv3plus_mobilenet(num_classes=11, output_stride=16, pretrained_backbone=False), "deeplab", seed)
+    model = deeplabv3plus_mobilenet(num_classes=11, output_stride=16, pretrained_backbone=False)
+    filled(model, "deeplab", seed)
     with torch.no_grad():
         return {"input_normalized": x, "logits": model.eval()(x)}
 
@@ -220,7 +221,8 @@ def train_path(detector, stored, out, inputs):
     loss.backward()
     rows = boxes[0]  # detect_image has scaled these rows to pixels in place
     biggest = max(rows, key=lambda b: (int(b[2]) - int(b[0])) * (int(b[3]) - int(b[1])))
-    return {"image": image, "database": database, "label": label, "box": torch.as_tensor(np.asarray(biggest, np.float64)),
+    return {"image": image, "database": database, "label": label,
+            "box": torch.as_tensor(np.asarray(biggest, np.float64)),
             "cos": cos.detach(), "face_loss": loss.detach(), "grad_image": x.grad,
             "doc": "Retinaface.detect_image on a 1x3x384x384 [0,1] image: detection without gradient, then crop of the "
                    "differentiable tensor, eye-line rotation, letterbox to 160 with 128/255 padding, FaceNet, cosine "
@@ -291,7 +293,8 @@ def main():
         files = {"enhance": lambda: enhance_file(inputs, args.seed), "losses": lambda: losses_file(inputs, args.seed),
                  "metrics": lambda: metrics_file(inputs, args.seed),
                  "segmentation": lambda: segmentation_file(inputs, args.seed),
-                 "face": lambda: face_file(inputs, args.seed, tmp), "weights_probe": lambda: weights_probe_file(args.seed)}
+                 "face": lambda: face_file(inputs, args.seed, tmp),
+                 "weights_probe": lambda: weights_probe_file(args.seed)}
         for name, make in files.items():
             torch.save(make(), os.path.join(args.out, f"parity_{name}.pt"))
             print(f"wrote {os.path.join(args.out, f'parity_{name}.pt')}")
