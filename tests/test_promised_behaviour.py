@@ -145,8 +145,11 @@ def test_resume_from_a_bare_epoch_checkpoint_continues_from_its_weights(train_ar
     quick = ("--dataset_root", str(two_images), "--crop_size", "32", "--batch_size", "2")
     train.main(train_args(*quick, "--epoch_num", "1", ckpt="first"))
     start = _weights(tmp_path / "first/epoch0.pth")
+    torch.backends.cudnn.allow_tf32 = False
     train.main(train_args(*quick, "--epoch_num", "2", "--start_epoch", "1", "--lr", "1e-9", "--resume",
-                          "--resume_checkpoint", str(tmp_path / "first/epoch0.pth"), ckpt="second"))
+                          "--resume_checkpoint", str(tmp_path / "first/epoch0.pth"), "--precision", "tf32",
+                          ckpt="second"))
+    assert torch.backends.cudnn.allow_tf32 is True  # tf32: TF32 convolutions on (fp32 turns them off)
     assert sorted(os.listdir(tmp_path / "second")) == ["epoch1.pth", "resume.pth"]
     _same_weights(_weights(tmp_path / "second/epoch1.pth"), start, atol=1e-7)
     assert f"resumed from {tmp_path / 'first/epoch0.pth'} at epoch 1, iteration 0" in \
@@ -210,7 +213,7 @@ def test_torchrun_resumes_and_validates(train_args, tmp_path):
     validations = [x for x in log if x.startswith("validation epoch 0 on LaPa-Face (6 images)")]
     assert len(validations) == 1 and "best.pth holds epoch 0" in validations[0]
     _same_weights(_weights(tmp_path / "ckpt/best.pth"), _weights(tmp_path / "ckpt/epoch0.pth"))
-    assert (tmp_path / "log/previews/epoch0.png").exists()
+    assert read_image(tmp_path / "log/previews/epoch0.png").shape[0] == 250  # --preview_images 1: one row
     assert _resume_point(tmp_path / "ckpt/resume.pth") == (1, 0)
 
 
