@@ -82,8 +82,8 @@ def parse_args(argv=None):
                    "(random ones where the file is absent)")
     p.add_argument("--json", default="benchmarks/results.json", help="where the results go")
     p.add_argument("--quick", action="store_true", help="smoke run: small sizes, one repeat; figures not meaningful")
-    p.add_argument("--repeat", type=integer(1), default=5, help="timed repeats of the short parts (the median is "
-                   "reported)")
+    p.add_argument("--repeat", type=integer(1), default=None, help="timed repeats of the short parts (the median is "
+                   "reported; default 5, 1 with --quick)")
     p.add_argument("--parts", type=part_names,
                    default="model,ceiling,enhance,test_py,large,train,train_largest,eval_py,precision",
                    help="comma-separated subset")
@@ -93,8 +93,8 @@ def parse_args(argv=None):
     p.add_argument("--faces", default=None, help="face photos in LFW layout (NAME/NAME_NNNN.jpg) for the training "
                    "batch and eval.py (default: utils.face_photos' synthetic photos)")
     args = p.parse_args(argv)
-    if args.quick:
-        args.repeat = 1
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 5
     return args
 
 
