@@ -120,22 +120,24 @@ def test_sigint_at_batch_2_resumes_to_the_weights_of_an_uninterrupted_run(train_
     assert (group["lr"], group["weight_decay"]) == (3e-4, 0.05)
 
     out = tmp_path / "sigint.txt"
+    own_log = ("--log_path", str(tmp_path / "log-sigint/train.txt"))  # one run, one place (train.py refuses to mix)
     with open(out, "w") as f:
-        proc = subprocess.Popen([sys.executable, "train.py", *train_args(*flags, ckpt="sigint")], cwd=ROOT,
-                                stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "train.py", *train_args(*flags, *own_log, ckpt="sigint")],
+                                cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
     while (_resume_point(tmp_path / "sigint/resume.pth") or (0, 0))[1] < 1:
         assert proc.poll() is None and time.time() < deadline, out.read_text()[-3000:]
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=300)
+    assert proc.wait(timeout=300) == 130  # so that `train.py && next` stops
     epoch, batch = _resume_point(tmp_path / "sigint/resume.pth")
     assert epoch == 0 and 1 <= batch < 3, batch
     text = out.read_text()
-    assert f"stopped at epoch 0 iteration {batch}; continue with --resume" in text and "Traceback" not in text
+    assert f"stopped at epoch 0 iteration {batch} by SIGINT; continue with --resume" in text
+    assert "Traceback" not in text
     assert not (tmp_path / "sigint/epoch0.pth").exists()
 
-    train.main(train_args(*flags, "--resume", ckpt="sigint"))
+    train.main(train_args(*flags, *own_log, "--resume", ckpt="sigint"))
     _same_weights(_weights(tmp_path / "sigint/epoch0.pth"), expected, atol=1e-6)
 
 
@@ -186,7 +188,9 @@ def test_compile_through_train_py_gives_the_eager_weights(train_args, tmp_path, 
     train.main(train_args(*quick, ckpt="eager"))
     monkeypatch.setattr(torch, "compile", compile_eager)
     try:
-        train.main(train_args(*quick, "--compile", "reduce-overhead", ckpt="compiled"))
+        train.main(train_args(*quick, "--compile", "reduce-overhead",
+                              "--log_path", str(tmp_path / "log-compiled/train.txt"),
+                              ckpt="compiled"))
     finally:
         torch._dynamo.reset()
     assert modes == ["reduce-overhead", "reduce-overhead"]
