@@ -4,6 +4,7 @@
     python train.py --batch_size 8 --device cuda --num_workers 8
     python train.py --batch_size 32 --device cuda --num_workers 8 --precision bf16 --compile   # faster on a GPU
     python train.py --resume                         # continue from checkpoint/LLE/resume.pth
+    python train.py --overwrite                      # start over where an earlier run wrote (removes its files)
     python train.py --val_dataset LaPa-Test          # validate after every epoch, keep checkpoint/LLE/best.pth
     tensorboard --logdir log/tensorboard             # watch it: losses, learning rate, images/s, validation, previews
     torchrun --standalone --nproc_per_node 4 train.py --batch_size 2          # 4 GPUs (or CPU processes), global batch 8
@@ -15,21 +16,31 @@ exactly like one process with batch N*b. Rank 0 alone builds the face database a
 
 Writes checkpoint/LLE/epoch{N}.pth (a bare state dict that test.py loads) after every epoch, and
 checkpoint/LLE/resume.pth (model, optimizer, epoch, iteration, RNG state) every --save_every iterations
-and at each epoch end, both atomically. SIGINT/SIGTERM save a resume point and stop cleanly; after a hard kill,
---resume continues from the last resume point and (same device, --deterministic) reaches the same weights.
+and at each epoch end, both atomically. An earlier run's files are never replaced silently: without --resume, a
+--checkpoint_root holding resume.pth, best.pth or epochN.pth, or a log folder holding tensorboard/ events or
+previews/, stops the run in one line; --overwrite starts over (removes those files once set-up has succeeded), or
+name another --checkpoint_root and --log_path. --resume refuses other training files (names and sizes), another
+--crop_size, --batch_size, --seed or number of processes; other changed settings (--lr, --weight_decay, ...) are
+applied and named in the log. Ctrl-C or SIGTERM during set-up ends the run at once, writing nothing; during
+training the run saves a resume point after the current step and stops (a second signal stops it at once); either
+way one line says so and the exit status is 130 (SIGINT) or 143 (SIGTERM), so that `train.py && next` stops.
+After a hard kill, --resume continues from the last resume point and (same device, --deterministic) reaches the
+same weights.
 Every training file is decoded once before training starts (a file that stops being readable later is named in a
 line and skipped). A NaN/Inf loss term or gradient stops training with a line naming it, and no weight is changed by
 that step or any after it: the check runs on the device and the host reads it once per log line and before every
 checkpoint (a step waits for the device only for the face detections). Errors end in one line, also appended to
-the log.
+the log (a full disk while writing a checkpoint included; no partial file is left).
 
 Beside the log (--log_path, default log/train.txt) go run.json (arguments, start time, git commit, versions,
 device), tensorboard/ (every loss term, learning rate, images/s, validation measures, previews) and, with
 --val_dataset, previews/epoch{N}.png (input | enhanced | normal); checkpoint/LLE/best.pth holds the weights of the
 best validation (--best_metric, face accuracy by default, ties by PSNR). Rank 0 alone validates and writes them.
 """
+import hashlib
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -54,6 +65,9 @@ def parse_args(argv=None):
     p.add_argument("--contrast_negative_path", default="dataset/Contrast/low")
     p.add_argument("--checkpoint_root", default="checkpoint/LLE/")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="start over where an earlier run wrote: remove its "
+                   "resume.pth, best.pth and epochN.pth in --checkpoint_root and its tensorboard/ events and previews/ "
+                   "beside --log_path (once set-up has succeeded); without it such files stop the run")
     p.add_argument("--resume_checkpoint", default=None, help="resume.pth (full state) or epochN.pth (weights); "
                    "default: CHECKPOINT_ROOT/resume.pth")
     p.add_argument("--log_path", default="log/train.txt")
@@ -116,10 +130,61 @@ def check_args(args):
         writes.append(("the validation set's face database folder (--database_root)",
                        os.path.join(args.database_root, args.val_dataset)))
     check_paths(reads=reads, writes=writes, logs=[("--log_path", args.log_path)])
+    if args.overwrite and args.resume:
+        sys.exit("error: --overwrite starts over, --resume continues: use one of them")
+    earlier = earlier_run_files(args)
+    if earlier and not (args.resume or args.overwrite):
+        more = f" and {len(earlier) - 1} more" if len(earlier) > 1 else ""
+        sys.exit(f"error: {earlier[0]}{more}: files of an earlier run; continue it with --resume, or start over with "
+                 "--overwrite (removes them) or with another --checkpoint_root and --log_path")
+
+
+def earlier_run_files(args):
+    """The files of an earlier run that a new one would replace or hide: CHECKPOINT_ROOT/{resume,best,epochN}.pth,
+    and beside --log_path tensorboard/ event files and previews/epochN.png (the log and run.json are appended to)."""
+    log_dir = os.path.dirname(os.path.abspath(args.log_path))
+    found = []
+    for folder, pattern in ((args.checkpoint_root, r"resume\.pth|best\.pth|epoch\d+\.pth"),
+                            (os.path.join(log_dir, "tensorboard"), r"events\.out\.tfevents\..*"),
+                            (os.path.join(log_dir, "previews"), r"epoch\d+\.png")):
+        names = os.listdir(folder) if os.path.isdir(folder) else []
+        found += sorted(os.path.join(folder, name) for name in names if re.fullmatch(pattern, name))
+    return found
+
+
+class Interrupted(SystemExit):
+    """SIGINT or SIGTERM ended the run at once; exits with status 128 + the signal's number (130, 143)."""
+
+    def __init__(self, signum):
+        super().__init__(128 + signum)
+        self.name = signal.Signals(signum).name
+
+
+class Signals:
+    """The handler of SIGINT and SIGTERM. Until `training` is set (set-up: loading, the face database, checks) a
+    signal raises Interrupted at once. In training the first one is only recorded in `signal`, and the loop saves
+    a resume point after the current step and stops; a second one raises Interrupted at once."""
+
+    def __init__(self):
+        self.signal, self.training = None, False
+
+    def __call__(self, signum, _frame):
+        if self.training and self.signal is None:
+            self.signal = signum
+        else:
+            raise Interrupted(signum)
+
+
+def stop_while_loading(signum, _frame):
+    """A signal while torch loads (python train.py): one line, exit 128 + its number."""
+    os.write(2, f"interrupted by {signal.Signals(signum).name} while starting; nothing was written\n".encode())
+    raise Interrupted(signum)
 
 
 if __name__ == "__main__":
     check_args(parse_args())  # --help and argument errors answer here, before the imports below load torch
+    for _signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signum, stop_while_loading)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -134,7 +199,7 @@ from nets.facenet import load_facenet  # noqa: E402
 from nets.losses import LowFaceNetObjective  # noqa: E402
 from nets.retinaface import load_retinaface  # noqa: E402
 from nets.vgg import load_vgg16  # noqa: E402
-from utils.checkpoint import CheckpointError, atomic_save, check_finite, read_checkpoint  # noqa: E402
+from utils.checkpoint import CheckpointError, WriteError, atomic_save, check_finite, read_checkpoint  # noqa: E402
 from utils import distributed  # noqa: E402
 from utils.data import TrainingDataGone, TrainSet  # noqa: E402
 from utils.face_database import load_encodings  # noqa: E402
@@ -158,14 +223,20 @@ class Log:
         if self.main:
             tqdm.write(line, file=sys.stdout)  # above the progress bar, when there is one
             sys.stdout.flush()
-            with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as f:
-                f.write(line + "\n")
+            try:
+                with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as f:
+                    f.write(line + "\n")
+            except OSError as e:  # a full disk: one line (main ends the run with it), no traceback
+                raise WriteError(e.errno, e.strerror or str(e), self.path) from None
 
     def fail(self, message):
-        """Appends 'error: message' to the log file and exits with it (status 1)."""
+        """Appends 'error: message' to the log file (when the disk still takes it) and exits with it (status 1)."""
         if self.main:
-            with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as f:
-                f.write(f"error: {message}\n")
+            try:
+                with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as f:
+                    f.write(f"error: {message}\n")
+            except OSError:  # a full disk: the line still goes to stderr
+                pass
         sys.exit(f"error: {message}")
 
 
@@ -293,14 +364,21 @@ def main(argv=None):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
         torch.use_deterministic_algorithms(True)
     log = Log(args.log_path, main=rank == 0)
-    stop = {"signal": None}
-    handlers = {sig: signal.signal(sig, lambda s, _: stop.update(signal=s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop = Signals()
+    handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    resume_path = os.path.join(args.checkpoint_root, "resume.pth")
     try:
         train(args, log, stop, rank, world, device)
+        if stop.signal:  # the loop saved a resume point and stopped: non-zero, so that `train.py && next` stops
+            raise SystemExit(128 + stop.signal)
+    except Interrupted as e:
+        log(f"interrupted by {e.name} " + (f"in training ({last_resume_point(resume_path)})" if stop.training else
+                                           f"before training started; nothing was written to {args.checkpoint_root}"))
+        raise
     except NonFiniteStep as e:  # raised where the host reads the monitor: no weight was changed by the step or after
-        resume_path = os.path.join(args.checkpoint_root, "resume.pth")
-        last = f"last resume point: {resume_path}" if os.path.exists(resume_path) else "no resume point written yet"
-        log.fail(f"{e}; stopped before writing these weights ({last})")
+        log.fail(f"{e}; stopped before writing these weights ({last_resume_point(resume_path)})")
+    except WriteError as e:  # a full disk: nothing partial is left, the files written before stay
+        log.fail(f"{e.line}; training stopped ({last_resume_point(resume_path)})")
     except TrainingDataGone as e:  # raised in a loader worker, its message ends with the worker's traceback
         log.fail(str(e).strip().splitlines()[-1].removeprefix(f"{TrainingDataGone.__module__}.TrainingDataGone: "))
     finally:
@@ -308,6 +386,11 @@ def main(argv=None):
             signal.signal(sig, handler)
         torch.use_deterministic_algorithms(deterministic)
         distributed.cleanup()
+
+
+def last_resume_point(resume_path):
+    """The end of a stop line: the resume point to continue from, if there is one."""
+    return f"last resume point: {resume_path}" if os.path.exists(resume_path) else "no resume point written yet"
 
 
 def train(args, log, stop, rank, world, device):
@@ -350,6 +433,7 @@ def train(args, log, stop, rank, world, device):
     resume_path = os.path.join(args.checkpoint_root, "resume.pth")
     epoch, start_batch = args.start_epoch, 0
     best = BestCheckpoint(os.path.join(args.checkpoint_root, "best.pth"), args.best_metric, args.val_dataset)
+    data_fingerprint = training_files_fingerprint(train_set)
     if args.resume:
         path = args.resume_checkpoint or resume_path
         try:
@@ -359,9 +443,22 @@ def train(args, log, stop, rank, world, device):
                 if written != (len(train_set), args.batch_size, args.seed, world):  # they fix the data order
                     log.fail(f"{path}: written for (images, batch_size, seed, processes) = {written}, this run has "
                              f"{(len(train_set), args.batch_size, args.seed, world)}; resume with the same data and settings")
+                if state["args"].get("crop_size", args.crop_size) != args.crop_size:
+                    log.fail(f"{path}: written for --crop_size {state['args']['crop_size']}, this run has "
+                             f"{args.crop_size}; resume with the same data and settings")
+                if state.get("data", data_fingerprint) != data_fingerprint:  # resume points of earlier versions lack it
+                    log.fail(f"{path}: written for other training files than {data_dir} and the contrastive "
+                             "folders hold now (names or sizes differ); resume with the same data, or start over "
+                             "with --overwrite")
                 check_finite(state["model"], f"{path}: model")
                 model.load_state_dict(state["model"])
                 load_optimizer_state(optimizer, state["optimizer"])
+                for group in optimizer.param_groups:  # this run's settings, named below when they differ
+                    group.update(lr=args.lr, weight_decay=args.weight_decay)
+                changed = [f"--{k} {v} -> {vars(args)[k]}" for k, v in state["args"].items()
+                           if k not in ("resume", "resume_checkpoint", "overwrite") and vars(args).get(k, v) != v]
+                if changed:
+                    log(f"settings changed since {path} was written (this run uses the new ones): {', '.join(changed)}")
                 epoch, start_batch = state["epoch"], state["batch"]
                 restore_rng(state["rng"])
                 best.load_state_dict(state.get("best"))
@@ -388,6 +485,13 @@ def train(args, log, stop, rank, world, device):
         f"{iters_per_epoch} iterations per epoch, epochs {epoch}..{args.epoch_num - 1}, "
         f"{str(layout).removeprefix('torch.')}")
     log_dir = os.path.dirname(os.path.abspath(args.log_path))
+    if args.overwrite and main_process:  # set-up went well: only now is the earlier run's work removed
+        earlier = earlier_run_files(args)
+        for file in earlier:
+            os.remove(file)
+        if earlier:
+            log(f"--overwrite: removed {len(earlier)} files of an earlier run from {args.checkpoint_root} and "
+                f"{log_dir}")
     board = Board(os.path.join(log_dir, "tensorboard"), main_process,
                   purge_step=epoch * iters_per_epoch + start_batch + 1)  # the first step this run writes
     if main_process:
@@ -406,7 +510,13 @@ def train(args, log, stop, rank, world, device):
             return
         atomic_save({"model": weights(), "optimizer": optimizer.state_dict(), "epoch": epoch, "batch": batch,
                      "images": len(train_set), "world": world, "rng": rng_state(), "args": vars(args),
-                     "best": best.state_dict()}, resume_path)
+                     "best": best.state_dict(), "data": data_fingerprint}, resume_path)
+
+    def stop_requested():  # a signal seen by any rank stops them all together
+        return distributed.any_rank(bool(stop.signal))
+
+    def stopped_by():
+        return f" by {signal.Signals(stop.signal).name}" if stop.signal else ""
 
     def validate(epoch):  # on rank 0, the weights after `epoch`; the training state stays exactly as it was
         if main_process:
@@ -429,6 +539,7 @@ def train(args, log, stop, rank, world, device):
     done = 0
     monitor = StepMonitor(device)
     model.train()
+    stop.training = True  # from here a signal saves a resume point after the current step (set-up: stops at once)
     while epoch < args.epoch_num:
         train_set.set_epoch(epoch)
         sampler.set_epoch(epoch)
@@ -461,13 +572,14 @@ def train(args, log, stop, rank, world, device):
                         "train")
                     tic = time.time()
                 finished_epoch = it + 1 == iters_per_epoch
-                stopping = distributed.any_rank(bool(stop["signal"])) or (args.max_iters and done >= args.max_iters)
+                stopping = stop_requested() or (args.max_iters and done >= args.max_iters)
                 if stopping or (not finished_epoch and (it + 1) % args.save_every == 0):
                     save_resume(epoch, it + 1)
                 if stopping:
                     bar.close()
                     board.close()
-                    log(f"stopped at epoch {epoch} iteration {it + 1}; continue with --resume ({resume_path})")
+                    log(f"stopped at epoch {epoch} iteration {it + 1}{stopped_by()}; continue with --resume "
+                        f"({resume_path})")
                     return
         finally:  # loader workers ignore SIGTERM (see leave_signals_to_main): stop them also when an error ends the run
             getattr(batches, "_shutdown_workers", lambda: None)()
@@ -480,6 +592,10 @@ def train(args, log, stop, rank, world, device):
         epoch, start_batch = epoch + 1, 0
         save_resume(epoch, 0)
         log(f"epoch {epoch - 1} done: wrote {os.path.join(args.checkpoint_root, f'epoch{epoch - 1}.pth')}")
+        if stop_requested():  # a signal during the epoch's checkpoint or validation
+            log(f"stopped after epoch {epoch - 1}{stopped_by()}; " + (f"continue with --resume ({resume_path})"
+                if epoch < args.epoch_num else "training is complete"))
+            break
     board.close()
 
 
@@ -499,6 +615,23 @@ def check_validation_set(args, log, main_process):
         log.fail(problems[0] if len(problems) == 1 else
                  f"{len(problems)} validation images cannot be used (listed above); fix or remove them")
     return validation
+
+
+def training_files_fingerprint(train_set):
+    """sha256 of what defines the training data: the names and sizes of the training images, their parsing maps and
+    the contrastive images, and each image's identity label. A resume point holds it, so that resuming on another
+    data set (even of the same size) is refused."""
+    h = hashlib.sha256()
+    parts = [[(rel, label) for rel, label in zip(train_set.files, train_set.labels)],
+             [(os.path.relpath(train_set._seg_path(rel), train_set.seg_dir), "") for rel in train_set.files],
+             *([(rel, "") for rel in rels] for _, rels in train_set.contrast)]
+    for folder, part in zip([train_set.low_dir, train_set.seg_dir, *(f for f, _ in train_set.contrast)], parts):
+        h.update(f"{len(part)} files\n".encode())  # the folders' own paths left out: a data set may move
+        for rel, label in part:
+            path = os.path.join(folder, rel)
+            size = os.path.getsize(path) if os.path.exists(path) else -1
+            h.update(f"{rel}\0{size}\0{label}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
 
 
 def rng_state():

@@ -6,6 +6,8 @@
     python benchmarks/benchmark.py --device cuda --precision tf32 --compile --json benchmarks/cuda_tf32.json
 
 Parts
+  0 model     the enhancement network's size: parameters, and FLOPs of one forward at 384x384 and 1024x1024 (counted
+              on PyTorch's meta device: nothing is computed, the figures are exact and the same on every machine)
   1 ceiling   one dense 3x3 convolution, 128->128 channels at 384x384, in the --precision (fp32, tf32 or bf16),
               channels_last (the layout the project computes in): the machine's achievable GFLOP/s, the denominator
   2 enhance   the enhancement network alone (inference, nets.enhance.enhance) at 384x384 and 1024x1024, and in
@@ -57,8 +59,8 @@ from utils.checks import ArgumentParser, add_precision_flags, device_name, integ
 
 TEST_RETINAFACE = ROOT / "tests" / "weights" / "Retinaface_mobilenet0.25.pth"  # the published detector
 ENHANCE_MACS_PER_PIXEL = 458_928
-PART_NAMES = ("ceiling", "enhance", "test_py", "large", "large_4096x4096", "large_6000x4000", "train", "train_largest",
-              "eval_py", "precision")
+PART_NAMES = ("model", "ceiling", "enhance", "test_py", "large", "large_4096x4096", "large_6000x4000", "train",
+              "train_largest", "eval_py", "precision")
 
 
 def part_names(text):
@@ -80,10 +82,10 @@ def parse_args(argv=None):
                    "(random ones where the file is absent)")
     p.add_argument("--json", default="benchmarks/results.json", help="where the results go")
     p.add_argument("--quick", action="store_true", help="smoke run: small sizes, one repeat; figures not meaningful")
-    p.add_argument("--repeat", type=integer(1), default=5, help="timed repeats of the short parts (the median is "
-                   "reported)")
+    p.add_argument("--repeat", type=integer(1), default=None, help="timed repeats of the short parts (the median is "
+                   "reported; default 5, 1 with --quick)")
     p.add_argument("--parts", type=part_names,
-                   default="ceiling,enhance,test_py,large,train,train_largest,eval_py,precision",
+                   default="model,ceiling,enhance,test_py,large,train,train_largest,eval_py,precision",
                    help="comma-separated subset")
     p.add_argument("--retinaface_checkpoint", default="checkpoint/Retinaface_mobilenet0.25.pth")
     p.add_argument("--facenet_checkpoint", default="checkpoint/facenet_mobilenet.pth")
@@ -91,8 +93,8 @@ def parse_args(argv=None):
     p.add_argument("--faces", default=None, help="face photos in LFW layout (NAME/NAME_NNNN.jpg) for the training "
                    "batch and eval.py (default: utils.face_photos' synthetic photos)")
     args = p.parse_args(argv)
-    if args.quick:
-        args.repeat = 1
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 5
     return args
 
 
@@ -203,6 +205,17 @@ def ceiling(args, device, repeat=30):
         t = median_seconds(lambda: conv(x), device, max(args.repeat, repeat))
     flops = 2 * 128 * 128 * 9 * size * size
     return {"size": size, "seconds": t, "gflop": flops / 1e9, "gflops": flops / t / 1e9}
+
+
+def part_model(args, device, tmp, sizes=(384, 1024)):
+    """Part 0: parameters of the enhancement network and the FLOPs (FlopCounter) of one forward at each size."""
+    model = enhancement_model(torch.device("meta"))  # shapes only: the counts without computing
+    out = {"parameters": sum(p.numel() for p in model.parameters())}
+    for size in sizes:
+        with FlopCounter() as counter, torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device="meta"))
+        out[f"gflop_{size}x{size}"] = counter.forward / 1e9
+    return out
 
 
 def part_ceiling(args, device, tmp):
@@ -477,7 +490,7 @@ def run_part(name, args):
     return result
 
 
-PARTS = {"ceiling": (part_ceiling,), "enhance": (part_enhance,), "test_py": (part_test_py,),
+PARTS = {"model": (part_model,), "ceiling": (part_ceiling,), "enhance": (part_enhance,), "test_py": (part_test_py,),
          "large_4096x4096": (part_large, 4096, 4096), "large_6000x4000": (part_large, 4000, 6000),
          "train": (part_train,), "train_largest": (part_train_largest,), "eval_py": (part_eval_py,),
          "precision": (part_precision,)}
@@ -517,7 +530,11 @@ def table(results):
             rows.append((name, "error", r["error"][:100], ""))
             continue
         memory = f"{r['peak_rss_gib']:.2f} GiB peak RSS" + (f", {r['peak_cuda_gib']:.2f} GiB CUDA" if "peak_cuda_gib" in r else "")
-        if name == "ceiling":
+        if name == "model":
+            flops = ", ".join(f"{v:.1f} GFLOP at {k[6:]}" for k, v in r.items() if k.startswith("gflop_"))
+            rows.append((name, "enhancement network", f"{r['parameters']:,} parameters", f"{flops} (one forward, "
+                         "2 x multiply-adds of its convolutions)"))
+        elif name == "ceiling":
             rows.append((name, f"conv 128->128 3x3 at {r['size']}x{r['size']}", f"{r['gflops']:.1f} GFLOP/s",
                          f"{r['seconds'] * 1e3:.1f} ms for {r['gflop']:.1f} GFLOP"))
         elif name == "enhance":

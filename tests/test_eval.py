@@ -109,9 +109,10 @@ def test_iqa_identical_and_offset_images(tmp_path, capsys):
     assert evaluate.main(argv + ["--method_name", "Same"]) == 0
     assert "psnr=100.0000 psnr_images=2 psnr_capped=2 ssim=1.0000 ssim_images=2 images=2 failed=0" in \
         (tmp_path / "eval.txt").read_text()  # identical images: PSNR capped at 100 dB
-    assert "UNIQUE skipped" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "UNIQUE not computed" in out and "python -m utils.download" in out
 
-    assert evaluate.main(argv + ["--method_name", "Offset", "--lpips", "--fid"]) == 0
+    assert evaluate.main(argv + ["--method_name", "Offset"]) == 0
     expected = 20 * np.log10(255 / 10)  # MSE = (10/255)^2 on every pixel
     psnr = float((tmp_path / "eval.txt").read_text().splitlines()[-1].split("psnr=")[1].split()[0])
     assert abs(psnr - expected) < 1e-3
@@ -134,15 +135,14 @@ def test_iqa_missing_or_mismatched_reference_is_counted(tmp_path, capsys):
         (tmp_path / "eval.txt").read_text()
 
 
-def test_real_set_without_references(tmp_path, capsys):
+def test_real_set_without_unique_is_refused_before_work(tmp_path):
     (tmp_path / "dataset" / "real" / "SOTAs" / "Ours").mkdir(parents=True)
     Image.new("RGB", (32, 32)).save(tmp_path / "dataset" / "real" / "SOTAs" / "Ours" / "a.png")
     argv = ["--dataset_name", "real", "--dataset_root", str(tmp_path / "dataset"), "--num_workers", "0",
             "--log_path", str(tmp_path / "eval.txt"), "--unique_checkpoint", str(tmp_path / "absent.pt"), "--device", "cpu"]
-    assert evaluate.main(argv) == 0
-    out = capsys.readouterr().out
-    assert "PSNR, SSIM, LPIPS and FID skipped" in out and "UNIQUE skipped" in out
-    assert "dataset=real method=Ours images=1 failed=0" in (tmp_path / "eval.txt").read_text()
+    with pytest.raises(SystemExit, match="real has no normal/ images, so UNIQUE is its only figure.*utils.download"):
+        evaluate.main(argv)  # it measured nothing and exited 0 before (issue 19, point 7)
+    assert not (tmp_path / "eval.txt").exists()
 
 
 # ---------------------------------------------------------------- low-light synthesis

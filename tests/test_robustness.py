@@ -714,8 +714,9 @@ def test_training_killed_mid_epoch_resumes_to_the_same_weights(train_args, tmp_p
     # SIGKILL gives no warning: the last periodic resume point must be whole and lead to the same weights.
     for sig, after_batch in ((signal.SIGTERM, 1), (signal.SIGKILL, 2)):
         ckpt, output = tmp_path / sig.name, tmp_path / f"{sig.name}.txt"
+        log = ("--log_path", str(tmp_path / f"{sig.name}-log/train.txt"))  # runs of their own: their own curves
         with open(output, "w") as out:
-            proc = subprocess.Popen([sys.executable, "train.py", *train_args(*QUICK, ckpt=sig.name)], cwd=ROOT,
+            proc = subprocess.Popen([sys.executable, "train.py", *train_args(*QUICK, *log, ckpt=sig.name)], cwd=ROOT,
                                     stdout=out, stderr=subprocess.STDOUT)
         deadline = time.time() + 300
         while (_resume_point(ckpt / "resume.pth") or (0, 0))[1] < after_batch:
@@ -727,12 +728,12 @@ def test_training_killed_mid_epoch_resumes_to_the_same_weights(train_args, tmp_p
         assert epoch == 0 and after_batch <= batch < 6, (sig.name, batch)  # stopped mid-epoch
         assert not (ckpt / "epoch0.pth").exists()
         if sig == signal.SIGTERM:
-            assert proc.returncode == 0, output.read_text()[-3000:]
-            assert f"stopped at epoch 0 iteration {batch}; continue with --resume" in output.read_text()
+            assert proc.returncode == 128 + signal.SIGTERM, output.read_text()[-3000:]
+            assert f"stopped at epoch 0 iteration {batch} by SIGTERM; continue with --resume" in output.read_text()
         else:
             assert proc.returncode == -signal.SIGKILL
 
-        train.main(train_args(*QUICK, "--resume", ckpt=sig.name))
+        train.main(train_args(*QUICK, "--resume", *log, ckpt=sig.name))
         resumed = torch.load(ckpt / "epoch0.pth", weights_only=True)
         for k, v in expected.items():
             torch.testing.assert_close(resumed[k], v, rtol=0, atol=1e-6, msg=f"{sig.name}: {k}")
@@ -748,9 +749,9 @@ def test_sigterm_to_every_process_of_the_job_with_loader_workers_saves_and_stops
         assert proc.poll() is None and time.time() < deadline, output.read_text()[-3000:]
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGTERM)
-    assert proc.wait(timeout=300) == 0, output.read_text()[-3000:]
+    assert proc.wait(timeout=300) == 128 + signal.SIGTERM, output.read_text()[-3000:]
     epoch, batch = _resume_point(tmp_path / "group" / "resume.pth")
-    assert f"stopped at epoch 0 iteration {batch}; continue with --resume" in output.read_text()
+    assert f"stopped at epoch 0 iteration {batch} by SIGTERM; continue with --resume" in output.read_text()
 
 
 def test_atomic_save_killed_while_writing_leaves_old_or_new_file(tmp_path):

@@ -41,8 +41,9 @@ def test_one_epoch_writes_loadable_checkpoints_and_readable_log(train_args, tmp_
 def test_resume_gives_the_same_next_step(train_args, tmp_path):
     layout = ("--memory_format", "channels_last")
     train.main(train_args("--max_iters", "2", *layout, ckpt="straight"))
-    train.main(train_args("--max_iters", "1", *layout, ckpt="stopped"))
-    train.main(train_args("--max_iters", "1", "--resume", *layout, ckpt="stopped"))
+    log = ("--log_path", str(tmp_path / "stopped-log/train.txt"))  # a run of its own: its own TensorBoard curves
+    train.main(train_args("--max_iters", "1", *layout, *log, ckpt="stopped"))
+    train.main(train_args("--max_iters", "1", "--resume", *layout, *log, ckpt="stopped"))
     straight = torch.load(tmp_path / "straight/resume.pth", weights_only=True)
     resumed = torch.load(tmp_path / "stopped/resume.pth", weights_only=True)
     assert (resumed["epoch"], resumed["batch"]) == (straight["epoch"], straight["batch"]) == (0, 2)

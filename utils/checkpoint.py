@@ -118,25 +118,57 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once, at import: os.umask can only be read by setting it
 
 
+def plain_file_mode():
+    """The permissions a plain open() gives a new file under the user's umask (typically 0o644)."""
+    return 0o666 & ~_UMASK
+
+
+class WriteError(OSError):
+    """OSError(errno, strerror, path) of a file that could not be written (a full disk, say), without the errors
+    chained behind it; nothing partial was left. `line` says it in one line: 'PATH: cannot write (REASON)'."""
+
+    @property
+    def line(self):
+        return f"{self.filename}: cannot write ({self.strerror})"
+
+
 def atomic_write(path, write, prefix=".tmp-"):
     """write(binary file object) into a hidden temporary file beside `path` (its name starts with `prefix`), flush
     it to disk, then rename it over `path`: a run killed at any point leaves the old file or the new one, never a
-    broken one."""
+    broken one. A write that fails on the file system (a full disk, also when torch.save reports it as a
+    RuntimeError) raises WriteError after removing the temporary file."""
     path = str(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix)  # a short name: `path`'s own may be near the 255-byte limit
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix)  # short: `path`'s own may be near the 255-byte limit
+    except OSError as e:  # no inode left, say
+        raise WriteError(e.errno, e.strerror, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
-            os.chmod(tmp, 0o666 & ~_UMASK)  # the permissions of a plain open(), not mkstemp's 0600
+            os.chmod(tmp, plain_file_mode())  # not mkstemp's 0600
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise
+        cause = _os_error(e) if isinstance(e, Exception) and not isinstance(e, WriteError) else None
+        if cause is None or cause.errno is None:  # an interruption, an encoder's refusal, a bug: as it is
+            raise
+        raise WriteError(cause.errno, cause.strerror or str(cause), path) from None
+
+
+def _os_error(e):
+    """The OSError that `e` is or that led to it (torch.save's RuntimeError after a failed write), else None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def atomic_save(obj, path):
