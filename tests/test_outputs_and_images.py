@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -192,7 +193,7 @@ def test_pillow_limit_is_lifted_and_an_image_memory_cannot_hold_is_refused_befor
     # a PNG that declares 200000 x 200000 pixels: refused from its header, naming the memory it would need
     png = (tmp_path / "in" / "a.png").read_bytes()
     header = png[:16] + (200000).to_bytes(4, "big") * 2 + png[24:29]
-    header = header[:29] + __import__("zlib").crc32(header[12:29]).to_bytes(4, "big") + png[33:]
+    header = header[:29] + zlib.crc32(header[12:29]).to_bytes(4, "big") + png[33:]
     (tmp_path / "in" / "bomb.png").write_bytes(header)
     needed = test_script.memory_needed(200000 ** 2, 512) / 2 ** 30
     code, lines = run(capsys, *argv_of(tmp_path / "in", tmp_path / "out", checkpoint))
