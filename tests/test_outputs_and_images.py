@@ -149,8 +149,8 @@ def test_a_writer_killed_ends_with_one_line_and_the_summary(tmp_path, weights, c
                         "file written is whole, and the same command writes the rest"
     done = re.fullmatch(r"done: (\d+) written, 0 kept, 0 failed, 0 other entries passed over; (\d+) of the 6 files "
                         r"asked for are missing", lines[-1])
-    assert done and int(done[1]) + int(done[2]) == 6 and "c.png" not in outputs(tmp_path / "out")
-    assert len(outputs(tmp_path / "out")) == int(done[1])
+    written = outputs(tmp_path / "out")  # a write that ended as its writer was stopped may not be counted
+    assert done and len(written) == 6 - int(done[2]) and int(done[1]) <= len(written) and "c.png" not in written
     assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")] == [RECORD_NAME]  # no half file
 
     monkeypatch.setattr(test_script, "save", SAVE)
