@@ -75,40 +75,70 @@ def training_layout(device, amp=False, size=128, rounds=5):
 RECEPTIVE_RADIUS = 11  # eleven 3x3 convolutions: an output pixel sees 11 pixels each way
 
 
+def tiles(h, w, tile, halo=RECEPTIVE_RADIUS):
+    """The tiles of an h x w image, in order: (output block (y0, y1, x0, x1), window (top, left, height, width)).
+    Each block of tile x tile output pixels is cut from a window `halo` pixels larger on every side that is not
+    the image's border; all windows have the same size (those at the far borders reach further in), so every tile
+    reuses the memory of the one before."""
+    wh, ww = min(h, tile + 2 * halo), min(w, tile + 2 * halo)
+    return [((y0, min(y0 + tile, h), x0, min(x0 + tile, w)),
+             (min(max(y0 - halo, 0), h - wh), min(max(x0 - halo, 0), w - ww), wh, ww))
+            for y0 in range(0, h, tile) for x0 in range(0, w, tile)]
+
+
 @torch.inference_mode()
 def enhance(model, x, tile=None, halo=RECEPTIVE_RADIUS):
     """Enhanced image r of a Bx3xHxW [0,1] batch, computed in channels_last (the faster layout of this network's
-    inference on CPUs and GPUs). With `tile`, images larger than tile x tile go through in tiles: each block of
-    tile x tile output pixels is cut from a window `halo` (>= the receptive radius) pixels larger on every side
-    that is not the image's border, so the result equals the whole-image result while memory stays bounded.
-    All windows have the same size (those at the far borders reach further in), so every tile reuses the
-    memory of the one before."""
+    inference on CPUs and GPUs). With `tile`, images larger than tile x tile go through in tiles (`tiles`): with
+    `halo` >= the receptive radius, the result equals the whole-image result while memory stays bounded."""
     assert halo >= RECEPTIVE_RADIUS, f"halo must be at least {RECEPTIVE_RADIUS}"
     x = x.contiguous(memory_format=torch.channels_last)
     h, w = x.shape[-2:]
     if tile is None or (h <= tile and w <= tile):
         return model(x)[0]
     out = torch.empty_like(x)
-    wh, ww = min(h, tile + 2 * halo), min(w, tile + 2 * halo)  # the window
-    for y0 in range(0, h, tile):
-        for x0 in range(0, w, tile):
-            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-            ty0, tx0 = min(max(y0 - halo, 0), h - wh), min(max(x0 - halo, 0), w - ww)
-            r = model(x[..., ty0:ty0 + wh, tx0:tx0 + ww])[0]
-            out[..., y0:y1, x0:x1] = r[..., y0 - ty0:y1 - ty0, x0 - tx0:x1 - tx0]
+    for (y0, y1, x0, x1), (top, left, wh, ww) in tiles(h, w, tile, halo):
+        r = model(x[..., top:top + wh, left:left + ww])[0]
+        out[..., y0:y1, x0:x1] = r[..., y0 - top:y1 - top, x0 - left:x1 - left]
     return out
 
 
-def enhance_uint8(model, images, device, tile=None, precision="tf32"):
+def _as_float(uint8):
+    """BxHxWx3 uint8 -> Bx3xHxW float in [0,1], channels_last (the layout `enhance` computes in)."""
+    return uint8.permute(0, 3, 1, 2).float().div_(255).contiguous(memory_format=torch.channels_last)
+
+
+@torch.inference_mode()
+def enhance_uint8_batch(model, x, tile=None, progress=None):
+    """BxHxWx3 uint8 batch -> its enhanced BxHxWx3 uint8 batch on the same device, rounded as torchvision's
+    save_image rounds (utils.images.uint8_images). An image larger than tile x tile goes through in tiles
+    (`tiles`), each converted from and back to uint8 on its own: the memory an image needs beyond its tile's is
+    3 bytes per pixel in and 3 out, where the whole image in float would take 12 of each. progress: called with
+    (tiles done, tiles) after each tile."""
+    h, w = x.shape[1:3]
+    if tile is None or (h <= tile and w <= tile):
+        return uint8_images(model(_as_float(x))[0].float())
+    out = torch.empty_like(x)
+    parts = tiles(h, w, tile)
+    for done, ((y0, y1, x0, x1), (top, left, wh, ww)) in enumerate(parts, 1):
+        r = model(_as_float(x[:, top:top + wh, left:left + ww]))[0]
+        out[:, y0:y1, x0:x1] = uint8_images(r[..., y0 - top:y1 - top, x0 - left:x1 - left].float())
+        if progress:
+            progress(done, len(parts))
+    return out
+
+
+def enhance_uint8(model, images, device, tile=None, precision="tf32", progress=None):
     """test.py's enhancement of a list of HxWx3 uint8 arrays: yields (indices into `images`, KxHxWx3 uint8 tensor on
     `device`) per image size. The images of one size go to the device as uint8 in one copy (4x less than float),
-    through `enhance` in one batch (bf16 autocast with precision bf16), and back to uint8 there, rounded as
-    torchvision's save_image rounds (utils.images.uint8_images)."""
+    through `enhance_uint8_batch` in one batch (bf16 autocast with precision bf16), and back to uint8 there.
+    progress: see enhance_uint8_batch."""
     by_size = {}
     for i, image in enumerate(images):
         by_size.setdefault(image.shape, []).append(i)
     for index in by_size.values():
-        x = to_device(torch.from_numpy(np.stack([images[i] for i in index])), device)
+        batch = images[index[0]][None] if len(index) == 1 else np.stack([images[i] for i in index])  # no copy of one
+        x = to_device(torch.from_numpy(batch), device)
         with autocast(device, precision):
-            r = enhance(model, x.permute(0, 3, 1, 2).float().div_(255), tile=tile).float()
-        yield index, uint8_images(r).contiguous()
+            r = enhance_uint8_batch(model, x, tile, progress)
+        yield index, r.contiguous()

@@ -34,6 +34,7 @@ from utils.checkpoint import CheckpointError, atomic_save, read_checkpoint
 from utils.checks import escape_unprintable_names
 from utils.images import ImageReadError, read_image, to_tensor, to_uint8
 from utils.lowlight import main as lowlight_main
+from utils.output_record import RECORD_NAME
 
 
 # ---------------------------------------------------------------- a folder gathered from many sources
@@ -101,8 +102,10 @@ def messy_folder(root):
 
 
 def all_files(root):
-    """{relative path: bytes} of every file below root, hidden ones included."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """{relative path: bytes} of every file below root, hidden ones included, but for the record of what made an
+    output folder (utils.output_record, tested in tests/test_outputs_and_images.py)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != RECORD_NAME}
 
 
 def assert_named(lines, root, bad, passed):

@@ -132,16 +132,16 @@ class WriteError(OSError):
         return f"{self.filename}: cannot write ({self.strerror})"
 
 
-def atomic_write(path, write):
-    """write(binary file object) into a hidden temporary file beside `path`, flush it to disk, then rename it
-    over `path`: a run killed at any point leaves the old file or the new one, never a broken one. A write that
-    fails on the file system (a full disk, also when torch.save reports it as a RuntimeError) raises WriteError
-    after removing the temporary file."""
+def atomic_write(path, write, prefix=".tmp-"):
+    """write(binary file object) into a hidden temporary file beside `path` (its name starts with `prefix`), flush
+    it to disk, then rename it over `path`: a run killed at any point leaves the old file or the new one, never a
+    broken one. A write that fails on the file system (a full disk, also when torch.save reports it as a
+    RuntimeError) raises WriteError after removing the temporary file."""
     path = str(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")  # short: `path`'s own may be near the 255-byte limit
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix)  # short: `path`'s own may be near the 255-byte limit
     except OSError as e:  # no inode left, say
         raise WriteError(e.errno, e.strerror, path) from None
     try:

@@ -6,8 +6,10 @@
 The output folder mirrors the input (names, extensions and sub-folders kept); it must lie apart from the input
 folder (not the same, not inside it, not containing it). Each image gets its own random stream, seeded by --seed
 and its relative path, so a resumed or partial run gives the same pixels. Existing outputs are kept unless
---overwrite. Entries that are not images are passed over with a line each. Exit status 1 when an image could not
-be read or written, or the folder holds no image.
+--overwrite. The output folder records what made it (.made_by.json: the input folder, --mode, --seed and the fixed
+values); a run with other settings into it stops with one line naming --overwrite, which replaces the outputs it
+writes. An input's transparency (alpha) is kept in its output. Entries that are not images are passed over with a
+line each. Exit status 1 when an image could not be read or written, or the folder holds no image.
 """
 import hashlib
 import os
@@ -58,7 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--noise_std", type=number(0), help="fixed noise std (0..255 units) instead of [0.26, 0.30]")
     p.add_argument("--scale", type=number(0, 1, above=True), help="fixed factor in (0, 1] instead of a draw from "
                    "[0.35, 0.45]")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files, also in a folder "
+                   "made with other settings (its record, .made_by.json, says which)")
     return p.parse_args(argv)
 
 
@@ -75,6 +78,7 @@ if __name__ == "__main__":
     check_args(parse_args())  # --help and argument errors answer here, before the imports below load torch and cv2
 
 from utils.images import ImageReadError, list_images, read_image, write_image  # noqa: E402
+from utils.output_record import claim_folder, finish_folder  # noqa: E402
 
 
 def main(argv=None):
@@ -84,20 +88,26 @@ def main(argv=None):
     files, _ = list_images(args.normal_path, say=print)
     if not files:
         sys.exit(f"error: no images found in {args.normal_path}")
-    written, kept, failed = 0, 0, 0
+    made_by = {"command": "utils.lowlight", "input": os.path.realpath(args.normal_path), "mode": args.mode,
+               "seed": args.seed, "gamma": args.gamma, "noise_std": args.noise_std, "scale": args.scale}
+    replacing = claim_folder("--underexposed_path", args.underexposed_path, made_by, args.overwrite, set(files))
+    written, kept, failed, stale = 0, 0, 0, 0
     for rel in files:
         out = os.path.join(args.underexposed_path, rel)
         if os.path.isfile(out) and not args.overwrite:
             kept += 1
             continue
         try:
-            image = read_image(os.path.join(args.normal_path, rel))
+            image, alpha = read_image(os.path.join(args.normal_path, rel), with_alpha=True)
             dark = darken(image, image_rng(args.seed, rel), args.mode, args.gamma, args.noise_std, args.scale)
-            write_image(dark, out)
+            write_image(dark if alpha is None else np.dstack([dark, alpha]), out)
             written += 1
         except (ImageReadError, OSError) as e:
             print(f"failed {e}" if isinstance(e, ImageReadError) else f"failed {out}: cannot write ({e})")
             failed += 1
+            stale += os.path.isfile(out)  # an output of the settings before is still there
+    if replacing and not stale:
+        finish_folder(args.underexposed_path, made_by)
     print(f"done: {written} written to {args.underexposed_path}, {kept} kept (--overwrite replaces them), {failed} failed")
     return 1 if failed else 0
 

@@ -81,7 +81,10 @@ def to_host(tensor):
 def start_to_host(tensor):
     """(host tensor, wait): starts copying `tensor` to the host and returns at once; the copy is complete when wait()
     returns. On CUDA the copy goes into pinned memory behind the work already queued, and wait() waits for that
-    work and the copy, not for what the host queues in between; elsewhere the copy is made at once."""
+    work and the copy, not for what the host queues in between; elsewhere the copy is made at once, and a tensor
+    on the host already is returned as it is (no copy: a large image's would cost 3 bytes per pixel)."""
+    if tensor.device.type == "cpu":
+        return tensor, lambda: None
     if tensor.device.type != "cuda":
         return to_host(tensor), lambda: None
     host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
@@ -148,3 +151,20 @@ def keep_freed_memory():
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
     return bool(libc.mallopt(M_MMAP_MAX, 0)  # large blocks come from the heap, where freed ones are reused
                 and libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))  # and up to 2 GiB free at its top stay mapped
+
+
+def memory_bytes():
+    """The memory this process can have, in bytes: the machine's physical memory, or the container's limit where
+    that is lower (cgroup v2 or v1); None where neither can be read (Windows)."""
+    sizes = []
+    try:
+        sizes.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                sizes.append(int(f.read().strip()))  # 'max' (no limit) is not a number
+        except (OSError, ValueError):
+            pass
+    return min(sizes) if sizes else None
