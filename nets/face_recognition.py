@@ -2,8 +2,8 @@
 
 Two crop paths, as the published code:
 - align_face_numpy: the face database (uint8 image, cv2 rotation and letterbox);
-- align_faces: the face loss (crop of the enhanced tensor itself, torchvision rotation and resize), so
-  that gradient flows from the recognition logits back to the enhanced image.
+- align_faces: the face loss and eval.py's identification (crop of the enhanced tensor itself, torchvision rotation
+  and resize), so that gradient flows from the recognition logits back to the enhanced image.
 """
 import math
 
@@ -99,7 +99,6 @@ def align_faces(images, det_rows, size=FACE_SIZE):
         found.append(i)
     if not found:
         return images.new_zeros(0, 3, size, size), found
-        return images.new_zeros(0, 3, size, size), found
     thetas = to_device(torch.stack(thetas), images.device)
     faces = []
     with torch.autocast(images.device.type, enabled=False):  # geometry in float32 also under bf16 autocast
@@ -188,11 +187,30 @@ def encode_faces(images_rgb_uint8_list, detector, facenet, device, batch_size=32
     return torch.cat(encodings), kept
 
 
+@torch.no_grad()
 def identify(images_rgb_uint8_list, detector, facenet, encodings, names, device, batch_size=32):
-    """Top-1 identification as eval.py scores it: the name of the database encoding most similar (cosine) to the
-    biggest face of each HxWx3 RGB uint8 image, None for an image without a detected face."""
-    codes, kept = encode_faces(images_rgb_uint8_list, detector, facenet, device, batch_size)
+    """Top-1 identification as the published utils/predict.py scores it: the name of the database encoding most
+    similar (cosine) to the biggest face of each HxWx3 RGB uint8 image, None for an image without a detected face.
+
+    The face loss's path (FaceRecognitionLoss.detect and .embed, as the published Retinaface.detect_image): each
+    image goes to the device as uint8 and becomes x / 255 there (ToTensor), the face is cut from that tensor with
+    the truncated box, rotated by torchvision and letterboxed on 128/255. Images of one size go through the
+    detector and FaceNet together, batch_size at a time; one copy back per batch."""
+    recognizer = FaceRecognitionLoss(detector, facenet, encodings)
+    device = torch.device(device)
+    by_size, best = {}, []
+    for i, image in enumerate(images_rgb_uint8_list):
+        by_size.setdefault(np.shape(image), []).append(i)
+    for index in by_size.values():
+        for start in range(0, len(index), batch_size):
+            chunk = index[start:start + batch_size]
+            batch = to_device(torch.from_numpy(np.stack([images_rgb_uint8_list[i] for i in chunk])), device)
+            batch = batch.permute(0, 3, 1, 2).float().div_(255).contiguous()
+            embeddings, found = recognizer.embed(batch, recognizer.detect(batch))
+            if found:
+                matches = to_host(cosine_logits(embeddings, recognizer.database).argmax(1)).tolist()
+                best += [(chunk[k], m) for k, m in zip(found, matches)]
     predicted = [None] * len(images_rgb_uint8_list)
-    for i, best in zip(kept, cosine_logits(to_device(codes, encodings.device), encodings).argmax(1).tolist()):
-        predicted[i] = names[best]
+    for i, m in best:
+        predicted[i] = names[m]
     return predicted
