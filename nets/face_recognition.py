@@ -188,15 +188,23 @@ def encode_faces(images_rgb_uint8_list, detector, facenet, device, batch_size=32
 
 
 @torch.no_grad()
+def similarities(images, detector, facenet, encodings):
+    """(KxN cosine similarities of the biggest face of each of the K images with a face to the N database encodings,
+    the K indices) of a Bx3xHxW [0,1] batch: the published Retinaface.detect_image, which is the face loss's path
+    (FaceRecognitionLoss.detect and .embed: the face cut from the tensor with the truncated box, rotated by
+    torchvision, letterboxed on 128/255)."""
+    recognizer = FaceRecognitionLoss(detector, facenet, encodings)
+    embeddings, found = recognizer.embed(images, recognizer.detect(images))
+    return cosine_logits(embeddings, recognizer.database), found
+
+
+@torch.no_grad()
 def identify(images_rgb_uint8_list, detector, facenet, encodings, names, device, batch_size=32):
     """Top-1 identification as the published utils/predict.py scores it: the name of the database encoding most
-    similar (cosine) to the biggest face of each HxWx3 RGB uint8 image, None for an image without a detected face.
-
-    The face loss's path (FaceRecognitionLoss.detect and .embed, as the published Retinaface.detect_image): each
-    image goes to the device as uint8 and becomes x / 255 there (ToTensor), the face is cut from that tensor with
-    the truncated box, rotated by torchvision and letterboxed on 128/255. Images of one size go through the
-    detector and FaceNet together, batch_size at a time; one copy back per batch."""
-    recognizer = FaceRecognitionLoss(detector, facenet, encodings)
+    similar (cosine) to the biggest face of each HxWx3 RGB uint8 image (by `similarities`), None for an image
+    without a detected face. Each image goes to the device as uint8 and becomes x / 255 there (the published
+    ToTensor); images of one size go through the detector and FaceNet together, batch_size at a time, and one copy
+    per batch comes back."""
     device = torch.device(device)
     by_size, best = {}, []
     for i, image in enumerate(images_rgb_uint8_list):
@@ -205,12 +213,11 @@ def identify(images_rgb_uint8_list, detector, facenet, encodings, names, device,
         for start in range(0, len(index), batch_size):
             chunk = index[start:start + batch_size]
             batch = to_device(torch.from_numpy(np.stack([images_rgb_uint8_list[i] for i in chunk])), device)
-            batch = batch.permute(0, 3, 1, 2).float().div_(255).contiguous()
-            embeddings, found = recognizer.embed(batch, recognizer.detect(batch))
+            cos, found = similarities(batch.permute(0, 3, 1, 2).float().div_(255).contiguous(), detector, facenet,
+                                      encodings)
             if found:
-                matches = to_host(cosine_logits(embeddings, recognizer.database).argmax(1)).tolist()
-                best += [(chunk[k], m) for k, m in zip(found, matches)]
+                best += zip([chunk[k] for k in found], to_host(cos.argmax(1)).tolist())
     predicted = [None] * len(images_rgb_uint8_list)
-    for i, m in best:
-        predicted[i] = names[m]
+    for i, match in best:
+        predicted[i] = names[match]
     return predicted

@@ -63,4 +63,7 @@ def batch_mean_accuracy(hits, batch_size=4):
     last one smaller) of each batch's accuracy, from per-image hits (bools) in the published loader's order. It
     differs from the per-image accuracy when the last batch is smaller."""
     batches = [hits[i:i + batch_size] for i in range(0, len(hits), batch_size)]
-    return 100 * sum(sum(b) / len(b) for b in batches) / len(batches) if batches else math.nan
+    if not batches:
+        return math.nan
+    total = sum(torch.tensor(b, dtype=torch.float32).mean().item() for b in batches)  # as published: float32
+    return total / len(batches) * 100
