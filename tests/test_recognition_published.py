@@ -4,6 +4,7 @@ pinned by parity_face.pt's train_path), database images re-saved by Pillow, the 
 wrote, refuses other folders, and leaves nothing partial on a full disk."""
 import errno
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -51,7 +52,7 @@ def test_published_average_over_batches_of_four():
     hits = [False] * 93  # the issue's folder: 6 correct of 93, one in each of six full batches
     for batch in range(6):
         hits[4 * batch] = True
-    assert batch_mean_accuracy(hits) == pytest.approx(6.25) and 100 * sum(hits) / len(hits) == pytest.approx(6.4516, 1e-4)
+    assert batch_mean_accuracy(hits) == 6.25 and 100 * sum(hits) / len(hits) == pytest.approx(6.4516, 1e-4)
     assert batch_mean_accuracy([True, False, False, False, True, False]) == pytest.approx((25 + 50) / 2)
     assert batch_mean_accuracy([True] * 5) == 100 and np.isnan(batch_mean_accuracy([]))
 
@@ -105,7 +106,8 @@ def dark_set(tmp_path_factory, face_photos):
     for name in IDENTITIES:
         for k in (2, 3):
             image = read_image(data / "normal" / name / f"{name}_000{k}.jpg")
-            write_image(darken(image, rng, "gamma", gamma=1.6, noise_std=0.05), str(data / "SOTAs/Dark" / f"{name}_000{k}.png"))
+            write_image(darken(image, rng, "gamma", gamma=1.6, noise_std=0.05),
+                        str(data / "SOTAs/Dark" / f"{name}_000{k}.png"))
     return root
 
 
@@ -198,7 +200,6 @@ def test_database_build_removes_only_what_it_wrote_and_refuses_other_folders(tmp
 
 def test_database_root_typo_keeps_the_data_set(dark_set, tmp_path, retinaface_weights, facenet_file):
     """--database_root dataset with the data set under another --dataset_root: dataset/LFW is a copy of the set."""
-    import shutil
     shutil.copytree(dark_set / "dataset", tmp_path / "dataset")
     argv = _argv(dark_set, retinaface_weights, facenet_file, "--database_root", str(tmp_path / "dataset"),
                  "--encoding_root", str(tmp_path / "encoding"))
