@@ -113,6 +113,24 @@ def _inside(path, folder):
     return os.path.commonpath([real, folder]) == folder
 
 
+def _read_record(database_dir):
+    """The set of files that builds recorded writing in database_dir (empty without a record); FaceDatabaseError
+    when the record is not one."""
+    record = os.path.join(database_dir, MANIFEST)
+    if not os.path.lexists(record):
+        return set()
+    try:
+        with open(record, encoding="utf-8") as f:
+            written = set(json.load(f)["written"])
+        if not all(isinstance(rel, str) and rel == os.path.normpath(rel) and not os.path.isabs(rel)
+                   and not rel.startswith(os.pardir) for rel in written):
+            raise ValueError("a path outside the folder")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise FaceDatabaseError(f"{record}: not a readable face database record ({e}); move {database_dir} "
+                                "away or choose another --database_root") from None
+    return written
+
+
 def _recorded(database_dir):
     """The files that earlier builds wrote in database_dir (its record), an empty set when there is no folder yet.
     FaceDatabaseError, one line, when the folder holds anything else or its record is not one."""
@@ -121,18 +139,7 @@ def _recorded(database_dir):
     if not os.path.isdir(database_dir):
         raise FaceDatabaseError(f"{database_dir}: the face database folder is not a folder; choose another "
                                 "--database_root")
-    record = os.path.join(database_dir, MANIFEST)
-    written = set()
-    if os.path.lexists(record):
-        try:
-            with open(record, encoding="utf-8") as f:
-                written = set(json.load(f)["written"])
-            if not all(isinstance(rel, str) and rel == os.path.normpath(rel) and not os.path.isabs(rel)
-                       and not rel.startswith(os.pardir) for rel in written):
-                raise ValueError("a path outside the folder")
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise FaceDatabaseError(f"{record}: not a readable face database record ({e}); move {database_dir} "
-                                    "away or choose another --database_root") from None
+    written = _read_record(database_dir)
 
     def unlistable(e):
         raise FaceDatabaseError(f"{e.filename}: cannot list the face database folder ({e.strerror})")
@@ -202,7 +209,7 @@ def build_database(normal_dir, database_dir, order="sorted", say=None):
             path = os.path.join(database_dir, dst)
             if isinstance(data, bytes) and not _same_bytes(path, data):
                 atomic_write(path, lambda f: f.write(data))
-        _record(database_dir, wanted)
+        _record(database_dir, (_read_record(database_dir) - (written - wanted)) | wanted)  # and another run's
     except OSError as e:  # a full disk, a read-only folder
         raise FaceDatabaseError(f"{database_dir}: cannot write the face database ({e.strerror or e}); the files "
                                 "written are whole and recorded, and the next run rebuilds it") from None
