@@ -198,13 +198,12 @@ def similarities(images, detector, facenet, encodings):
     return cosine_logits(embeddings, recognizer.database), found
 
 
-@torch.no_grad()
 def identify(images_rgb_uint8_list, detector, facenet, encodings, names, device, batch_size=32):
     """Top-1 identification as the published utils/predict.py scores it: the name of the database encoding most
     similar (cosine) to the biggest face of each HxWx3 RGB uint8 image (by `similarities`), None for an image
     without a detected face. Each image goes to the device as uint8 and becomes x / 255 there (the published
-    ToTensor); images of one size go through the detector and FaceNet together, batch_size at a time, and one copy
-    per batch comes back."""
+    ToTensor); images of one size go through the detector and FaceNet together, batch_size at a time, and the
+    matches of a batch come back in one copy."""
     device = torch.device(device)
     by_size, best = {}, []
     for i, image in enumerate(images_rgb_uint8_list):
