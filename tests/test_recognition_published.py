@@ -121,7 +121,8 @@ def _argv(root, retinaface_weights, facenet_file, *extra):
 
 @pytest.fixture
 def recorded_predictions(monkeypatch):
-    """{file name: the name eval.py's identify predicted}, in call order."""
+    """What eval.py's identify was given and answered: {"batches": images per call, "names": its predictions in
+    call order}."""
     seen = {}
     real = evaluate.identify
 
