@@ -2,8 +2,8 @@
 
 Two crop paths, as the published code:
 - align_face_numpy: the face database (uint8 image, cv2 rotation and letterbox);
-- align_faces: the face loss (crop of the enhanced tensor itself, torchvision rotation and resize), so
-  that gradient flows from the recognition logits back to the enhanced image.
+- align_faces: the face loss and eval.py's identification (crop of the enhanced tensor itself, torchvision rotation
+  and resize), so that gradient flows from the recognition logits back to the enhanced image.
 """
 import math
 
@@ -99,7 +99,6 @@ def align_faces(images, det_rows, size=FACE_SIZE):
         found.append(i)
     if not found:
         return images.new_zeros(0, 3, size, size), found
-        return images.new_zeros(0, 3, size, size), found
     thetas = to_device(torch.stack(thetas), images.device)
     faces = []
     with torch.autocast(images.device.type, enabled=False):  # geometry in float32 also under bf16 autocast
@@ -188,11 +187,36 @@ def encode_faces(images_rgb_uint8_list, detector, facenet, device, batch_size=32
     return torch.cat(encodings), kept
 
 
+@torch.no_grad()
+def similarities(images, detector, facenet, encodings):
+    """(KxN cosine similarities of the biggest face of each of the K images with a face to the N database encodings,
+    the K indices) of a Bx3xHxW [0,1] batch: the published Retinaface.detect_image, which is the face loss's path
+    (FaceRecognitionLoss.detect and .embed: the face cut from the tensor with the truncated box, rotated by
+    torchvision, letterboxed on 128/255)."""
+    recognizer = FaceRecognitionLoss(detector, facenet, encodings)
+    embeddings, found = recognizer.embed(images, recognizer.detect(images))
+    return cosine_logits(embeddings, recognizer.database), found
+
+
 def identify(images_rgb_uint8_list, detector, facenet, encodings, names, device, batch_size=32):
-    """Top-1 identification as eval.py scores it: the name of the database encoding most similar (cosine) to the
-    biggest face of each HxWx3 RGB uint8 image, None for an image without a detected face."""
-    codes, kept = encode_faces(images_rgb_uint8_list, detector, facenet, device, batch_size)
+    """Top-1 identification as the published utils/predict.py scores it: the name of the database encoding most
+    similar (cosine) to the biggest face of each HxWx3 RGB uint8 image (by `similarities`), None for an image
+    without a detected face. Each image goes to the device as uint8 and becomes x / 255 there (the published
+    ToTensor); images of one size go through the detector and FaceNet together, batch_size at a time, and the
+    matches of a batch come back in one copy."""
+    device = torch.device(device)
+    by_size, best = {}, []
+    for i, image in enumerate(images_rgb_uint8_list):
+        by_size.setdefault(np.shape(image), []).append(i)
+    for index in by_size.values():
+        for start in range(0, len(index), batch_size):
+            chunk = index[start:start + batch_size]
+            batch = to_device(torch.from_numpy(np.stack([images_rgb_uint8_list[i] for i in chunk])), device)
+            cos, found = similarities(batch.permute(0, 3, 1, 2).float().div_(255).contiguous(), detector, facenet,
+                                      encodings)
+            if found:
+                best += zip([chunk[k] for k in found], to_host(cos.argmax(1)).tolist())
     predicted = [None] * len(images_rgb_uint8_list)
-    for i, best in zip(kept, cosine_logits(to_device(codes, encodings.device), encodings).argmax(1).tolist()):
-        predicted[i] = names[best]
+    for i, match in best:
+        predicted[i] = names[match]
     return predicted

@@ -1,5 +1,6 @@
-"""Face database: identities from both layouts, the database folder, encodings built once, reused while their
-inputs are unchanged, rebuilt when a database image or the FaceNet weights change; faceless identities."""
+"""Face database: identities from both layouts, the database folder (re-saved images), encodings built once,
+reused while their inputs are unchanged, rebuilt when a database image or the FaceNet weights change; faceless
+identities."""
 import json
 import shutil
 
@@ -12,7 +13,7 @@ import utils.face_database as face_database
 from conftest import IDENTITIES, copy_faces
 from nets.facenet import load_facenet
 from nets.retinaface import load_retinaface
-from utils.face_database import build_database, identity_of, load_encodings
+from utils.face_database import MANIFEST, build_database, identity_of, load_encodings, resaved
 
 IDS = tuple(IDENTITIES[:3])
 
@@ -50,18 +51,19 @@ def test_identity_of_both_layouts():
 def test_database_holds_first_image_of_each_identity(tmp_path, face_photos):
     copy_faces(face_photos, tmp_path / "lfw", IDS, 3)
     copy_faces(face_photos, tmp_path / "flat", IDS, 3, flat=True)
-    assert build_database(tmp_path / "lfw", tmp_path / "db_lfw") == [(i, f"{i}/{i}_0001.jpg") for i in IDS]
-    assert build_database(tmp_path / "flat", tmp_path / "db_flat") == [(i, f"{i}_0001.jpg") for i in IDS]
-    assert sorted(p.name for p in (tmp_path / "db_flat").iterdir()) == [f"{i}_0001.jpg" for i in IDS]
-    assert (tmp_path / "db_lfw" / IDS[0] / f"{IDS[0]}_0001.jpg").read_bytes() == \
-        (tmp_path / "lfw" / IDS[0] / f"{IDS[0]}_0001.jpg").read_bytes()
+    for layout in ("lfw", "flat"):  # flat in both layouts, as the published database
+        entries = build_database(tmp_path / layout, tmp_path / f"db_{layout}")
+        assert [(i, dst) for i, dst, _ in entries] == [(i, f"{i}_0001.jpg") for i in IDS]
+    assert sorted(p.name for p in (tmp_path / "db_flat").iterdir()) == \
+        sorted([MANIFEST] + [f"{i}_0001.jpg" for i in IDS])
+    assert (tmp_path / "db_lfw" / f"{IDS[0]}_0001.jpg").read_bytes() == \
+        resaved(tmp_path / "lfw" / IDS[0] / f"{IDS[0]}_0001.jpg") == entries[0][2]
 
-    # a refresh removes stale images inside the database folder only, and keeps other files there
-    (tmp_path / "db_flat" / "notes.txt").write_text("mine")
+    # a refresh removes the images it wrote that are no longer chosen
     (tmp_path / "flat" / f"{IDS[0]}_0001.jpg").unlink()
     build_database(tmp_path / "flat", tmp_path / "db_flat")
     assert sorted(p.name for p in (tmp_path / "db_flat").iterdir()) == \
-        sorted(["notes.txt", f"{IDS[0]}_0002.jpg"] + [f"{i}_0001.jpg" for i in IDS[1:]])
+        sorted([MANIFEST, f"{IDS[0]}_0002.jpg"] + [f"{i}_0001.jpg" for i in IDS[1:]])
     assert len(list((tmp_path / "flat").iterdir())) == 8
     with pytest.raises(ValueError, match="must not be"):
         build_database(tmp_path / "flat", tmp_path / "flat" / "db")
@@ -81,7 +83,7 @@ def test_encodings_built_reused_and_rebuilt_on_change(tmp_path, face_photos, det
     assert np.load(encoding / "Set_name.npy", allow_pickle=False).tolist() == list(IDS)
     assert np.load(encoding / "Set_encoding.npy", allow_pickle=False).shape == (3, 128)
     assert set(json.loads((encoding / "Set_fingerprint.json").read_text())) == \
-        {"format", "database", "detector", "facenet", "alignment", "files"}
+        {"format", "order", "database", "pillow", "detector", "facenet", "alignment", "files"}
 
     again, names_again = load(facenet)  # unchanged inputs: read from the cache
     assert encode_calls == [3] and names_again == names and torch.equal(again, first)
@@ -91,7 +93,7 @@ def test_encodings_built_reused_and_rebuilt_on_change(tmp_path, face_photos, det
     (normal / f"{IDS[1]}_0001.jpg").write_bytes(replacement)
     changed, _ = load(facenet)
     assert encode_calls == [3, 3]
-    assert (database / f"{IDS[1]}_0001.jpg").read_bytes() == replacement
+    assert (database / f"{IDS[1]}_0001.jpg").read_bytes() == resaved(normal / f"{IDS[1]}_0001.jpg")
     assert not torch.allclose(changed[1], first[1]) and torch.allclose(changed[0], first[0], atol=1e-6)
 
     # the FaceNet weights file changes: rebuilt with the new network

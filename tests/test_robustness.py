@@ -468,7 +468,8 @@ def test_two_builds_at_once_never_leave_a_cache_that_passes_for_one(tmp_path, fa
     copy = next((tmp_path / "database").rglob("*.jpg"))
     copy.write_bytes(copy.read_bytes()[:100])
     load(ours)
-    assert len(encode_calls) == 5 and copy.read_bytes() == next((tmp_path / "normal").rglob(copy.name)).read_bytes()
+    assert len(encode_calls) == 5 and copy.read_bytes() == \
+        face_database.resaved(next((tmp_path / "normal").rglob(copy.name)))
 
 
 def test_face_database_names_what_it_passes_over_and_survives_odd_shapes(tmp_path, face_photos, retinaface_weights,
@@ -498,7 +499,7 @@ def test_face_database_names_what_it_passes_over_and_survives_odd_shapes(tmp_pat
                                "cannot read image") for line in lines)
     for name in ("Wide", "Tall"):
         assert f"identity {name} left out of the database: no face found in " \
-               f"{tmp_path / 'database' / name / f'{name}_0001.png'}" in lines
+               f"{tmp_path / 'database' / f'{name}_0001.png'}" in lines
     assert align_face_numpy(np.zeros((10, 10, 3), np.uint8), [-3.0, 2.0, 0.4, 8.0, 0.9] + [5.0] * 10) is None
 
 

@@ -34,7 +34,7 @@ def test_one_epoch_writes_loadable_checkpoints_and_readable_log(train_args, tmp_
     for name in ["loss", "face_acc", "brightness", *WEIGHTS]:
         assert f" {name} " in steps[0], f"{name} missing from the log line"
     assert sorted(os.listdir(tmp_path / "database/LaPa-Face")) == \
-        [f"{name}_0001.jpg" for name in IDENTITIES[:3]]
+        [".face_database.json"] + [f"{name}_0001.jpg" for name in IDENTITIES[:3]]
     assert (tmp_path / "encoding/LaPa-Face_encoding.npy").exists()
 
 

@@ -1,4 +1,5 @@
-"""Image quality: PSNR and SSIM as the published code computes them, mean brightness, and streaming averages."""
+"""Image quality: PSNR and SSIM as the published code computes them, mean brightness, streaming averages and the
+published recognition average."""
 import math
 
 import torch
@@ -55,3 +56,14 @@ class Average:
 
     def get_results(self):
         return self.total / self.count if self.count else float("nan")
+
+
+def batch_mean_accuracy(hits, batch_size=4):
+    """The published eval.py's recognition figure, in %: the mean over consecutive batches of `batch_size` (the
+    last one smaller) of each batch's accuracy, from per-image hits (bools) in the published loader's order. It
+    differs from the per-image accuracy when the last batch is smaller."""
+    batches = [hits[i:i + batch_size] for i in range(0, len(hits), batch_size)]
+    if not batches:
+        return math.nan
+    total = sum(torch.tensor(b, dtype=torch.float32).mean().item() for b in batches)  # as published: float32
+    return total / len(batches) * 100
