@@ -21,23 +21,27 @@ import os
 import sys
 from datetime import datetime
 
-from utils.checks import (ArgumentParser, add_precision_flags, check_paths, device_name, escape_unprintable_names,
-                          integer)
+from utils.checks import (ArgumentParser, add_precision_flags, check_checkpoints, check_paths, device_name,
+                          escape_unprintable_names, integer)
 
 RECOGNITION_SETS = ("CASIA-Test", "LaPa-Test", "LFW")
 IQA_SETS = ("CelebA-Test", "CelebA-Test-2", "real", "samples")  # samples: the bundled dataset/samples
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dataset_name", choices=RECOGNITION_SETS + IQA_SETS, default="CASIA-Test")
-    p.add_argument("--dataset_root", default="dataset")
+    p = ArgumentParser(description=__doc__)
+    p.add_argument("--dataset_name", choices=RECOGNITION_SETS + IQA_SETS, default="CASIA-Test", help="the data set, "
+                   "DATASET_ROOT/NAME/{normal,SOTAs/METHOD}")
+    p.add_argument("--dataset_root", default="dataset", help="the folder of the data sets")
     p.add_argument("--method_name", default="Ours", help="reads dataset/NAME/SOTAs/METHOD")
     p.add_argument("--log_path", default="log/eval.txt", help="one line per run is appended")
-    p.add_argument("--facenet_checkpoint", default="checkpoint/facenet_mobilenet.pth")
-    p.add_argument("--backbone", default="mobilenet", choices=["mobilenet", "inception_resnetv1"])
-    p.add_argument("--retinaface_checkpoint", default="checkpoint/Retinaface_mobilenet0.25.pth")
-    p.add_argument("--unique_checkpoint", default="checkpoint/unique.pt")
+    p.add_argument("--facenet_checkpoint", default="checkpoint/facenet_mobilenet.pth", help="FaceNet weights "
+                   "(recognition sets)")
+    p.add_argument("--backbone", default="mobilenet", choices=["mobilenet", "inception_resnetv1"], help="FaceNet's backbone")
+    p.add_argument("--retinaface_checkpoint", default="checkpoint/Retinaface_mobilenet0.25.pth", help="RetinaFace "
+                   "weights (recognition sets)")
+    p.add_argument("--unique_checkpoint", default="checkpoint/unique.pt", help="UNIQUE weights (image quality sets; "
+                   "UNIQUE is left out without them)")
     p.add_argument("--database_root", default="database", help="database/NAME holds the first image of each identity")
     p.add_argument("--encoding_root", default="encoding", help="cached database encodings")
     p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1, mps")
@@ -68,6 +72,10 @@ def check_args(args):
                 + (normal if recognition else []), optional_reads=[] if recognition else normal,
                 writes=[database, ("--encoding_root", args.encoding_root)] if recognition else [],
                 logs=[("--log_path", args.log_path)])
+    if recognition:
+        check_checkpoints([("--retinaface_checkpoint", args.retinaface_checkpoint, "Retinaface_mobilenet0.25.pth"),
+                           ("--facenet_checkpoint", args.facenet_checkpoint,
+                            "facenet_mobilenet.pth" if args.backbone == "mobilenet" else None)])
 
 
 if __name__ == "__main__":
