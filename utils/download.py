@@ -34,14 +34,14 @@ DRIVE = {
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--datasets", nargs="*", default=[], metavar="NAME",
                    help="data sets to fetch into dataset/NAME, e.g. CASIA-Test LFW (LaPa-Face, Contrast, LaPa-Test, "
                         "CelebA-Test)")
     p.add_argument("--models_url", default=DRIVE["models"], help="the Drive folder of the pre-trained models")
     p.add_argument("--datasets_url", default=DRIVE["datasets"], help="the Drive folder of the data sets")
-    p.add_argument("--checkpoint_root", default="checkpoint")
-    p.add_argument("--dataset_root", default="dataset")
+    p.add_argument("--checkpoint_root", default="checkpoint", help="where the checkpoints go")
+    p.add_argument("--dataset_root", default="dataset", help="where the data sets go (DATASET_ROOT/NAME)")
     return p.parse_args(argv)
 
 
