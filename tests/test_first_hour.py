@@ -360,21 +360,14 @@ def test_every_written_command_runs_as_written_in_a_fresh_clone(clone):
 
 def test_each_epochs_last_shorter_window_is_logged_and_drawn(train_args, tmp_path):
     """6 images at batch 2: 3 iterations an epoch. With --log_every 2 the log and TensorBoard get iterations 2 and
-    3 of each epoch (3: the window of one step); with --log_every 10 (more than an epoch) the last of each."""
-    for every, epochs, expected in (("2", "2", [2, 3, 5, 6]), ("10", "1", [3])):
-        log = tmp_path / f"log_{every}" / "train.txt"
-        train.main(train_args("--epoch_num", epochs, "--log_every", every, "--crop_size", "64", "--log_path", str(log),
-                              ckpt=f"ckpt_{every}"))
-        lines = [line for line in log.read_text().splitlines() if re.match(r"epoch \d+ iter ", line)]
-        assert [int(re.match(r"epoch (\d) iter (\d)/3 ", line)[1]) * 3 + int(re.match(r"epoch (\d) iter (\d)/3 ",
-                line)[2]) for line in lines] == expected
-        reader = EventAccumulator(str(log.parent / "tensorboard"), size_guidance={"scalars": 0})
-        reader.Reload()
-        for tag in ("train/loss", "train/lr", "train/images_per_s", "train/face_acc"):
-            assert [e.step for e in reader.Scalars(tag)] == expected, tag
-        losses = {e.step: e.value for e in reader.Scalars("train/loss")}
-        if every == "2":
-            two = losses
-    # the window of iterations 1-2 is the mean of two steps, that of iteration 3 one step: a window of 10 over an
-    # epoch of 3 iterations is the mean of all three (the same seed gives the same steps)
-    assert losses[3] == pytest.approx((2 * two[2] + two[3]) / 3, rel=1e-4)
+    3 of each epoch (3: a window of one step, once never logged, like every epoch shorter than --log_every)."""
+    train.main(train_args("--epoch_num", "2", "--log_every", "2", "--crop_size", "64"))
+    log = (tmp_path / "log/train.txt").read_text().splitlines()
+    windows = [re.match(r"epoch (\d) iter (\d)/3 loss \S+ .* \| (\S+) s/it$", line) for line in log]
+    assert [(int(m[1]), int(m[2])) for m in windows if m] == [(0, 2), (0, 3), (1, 2), (1, 3)]
+    assert all(float(m[3]) > 0 for m in windows if m)
+    reader = EventAccumulator(str(tmp_path / "log/tensorboard"), size_guidance={"scalars": 0})
+    reader.Reload()
+    for tag in ("train/loss", "train/total", "train/lr", "train/images_per_s", "train/face_acc", "train/brightness"):
+        assert [e.step for e in reader.Scalars(tag)] == [2, 3, 5, 6], tag
+    assert all(e.value > 0 for e in reader.Scalars("train/images_per_s"))
