@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train
 from conftest import ROOT
+from nets.losses import WEIGHTS
 from utils.checks import ArgumentParser, check_checkpoints, check_paths
 
 NOT_IN_A_CLONE = {".git", ".venv", "__pycache__", ".pytest_cache", "log", "results", "database", "encoding"}
@@ -368,6 +369,6 @@ def test_each_epochs_last_shorter_window_is_logged_and_drawn(train_args, tmp_pat
     assert all(float(m[3]) > 0 for m in windows if m)
     reader = EventAccumulator(str(tmp_path / "log/tensorboard"), size_guidance={"scalars": 0})
     reader.Reload()
-    for tag in ("train/loss", "train/total", "train/lr", "train/images_per_s", "train/face_acc", "train/brightness"):
-        assert [e.step for e in reader.Scalars(tag)] == [2, 3, 5, 6], tag
+    for name in ("loss", *WEIGHTS, "lr", "images_per_s", "face_acc", "brightness"):  # every loss term too
+        assert [e.step for e in reader.Scalars(f"train/{name}")] == [2, 3, 5, 6], name
     assert all(e.value > 0 for e in reader.Scalars("train/images_per_s"))
