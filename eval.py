@@ -37,7 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--log_path", default="log/eval.txt", help="one line per run is appended")
     p.add_argument("--facenet_checkpoint", default="checkpoint/facenet_mobilenet.pth", help="FaceNet weights "
                    "(recognition sets)")
-    p.add_argument("--backbone", default="mobilenet", choices=["mobilenet", "inception_resnetv1"], help="FaceNet's backbone")
+    p.add_argument("--backbone", default="mobilenet", choices=["mobilenet", "inception_resnetv1"],
+                   help="FaceNet's backbone")
     p.add_argument("--retinaface_checkpoint", default="checkpoint/Retinaface_mobilenet0.25.pth", help="RetinaFace "
                    "weights (recognition sets)")
     p.add_argument("--unique_checkpoint", default="checkpoint/unique.pt", help="UNIQUE weights (image quality sets; "

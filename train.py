@@ -66,9 +66,10 @@ def parse_args(argv=None):
     p.add_argument("--database_root", default="database", help="DATABASE_ROOT/NAME holds the first image of each "
                    "identity (built on first use)")
     p.add_argument("--encoding_root", default="encoding", help="cached face database encodings")
-    p.add_argument("--facenet_checkpoint", default="checkpoint/facenet_mobilenet.pth", help="FaceNet weights (face loss "
-                   "and database)")
-    p.add_argument("--backbone", default="mobilenet", choices=["mobilenet", "inception_resnetv1"], help="FaceNet's backbone")
+    p.add_argument("--facenet_checkpoint", default="checkpoint/facenet_mobilenet.pth",
+                   help="FaceNet weights (face loss and database)")
+    p.add_argument("--backbone", default="mobilenet", choices=["mobilenet", "inception_resnetv1"],
+                   help="FaceNet's backbone")
     p.add_argument("--retinaface_checkpoint", default="checkpoint/Retinaface_mobilenet0.25.pth", help="RetinaFace "
                    "weights (face detection)")
     p.add_argument("--vgg_checkpoint", default=None, help="local torchvision vgg16 file (default: torchvision's "
