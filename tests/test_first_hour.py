@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -25,16 +26,21 @@ HEAVY = ("torch", "torchvision", "cv2", "skimage", "gdown", "requests")
 def clone_files(root=ROOT):
     """The files a fresh clone has (tracked or not ignored): every file outside the output folders, of checkpoint/
     and dataset/ only what .gitignore keeps (the READMEs, dataset/samples without SOTAs/, make_demo_data.py)."""
-    for path in sorted(root.rglob("*")):
-        parts = path.relative_to(root).parts
-        if not path.is_file() or not NOT_IN_A_CLONE.isdisjoint(parts) or path.suffix == ".pyc":
-            continue
-        if parts[0] == "checkpoint" and parts[1:] != ("README.md",):
-            continue
-        if parts[0] == "dataset" and not (parts[1] in ("README.md", "make_demo_data.py")
-                                          or parts[1] == "samples" and parts[2] != "SOTAs"):
-            continue
-        yield path
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(name for name in subfolders if name not in NOT_IN_A_CLONE)  # .ci/run's .venv too
+        yield from (Path(folder, name) for name in sorted(files) if _in_a_clone(Path(folder, name).relative_to(root)))
+
+
+def _in_a_clone(rel):
+    """Whether the file rel (outside the output folders) is one a clone has (see clone_files)."""
+    parts = rel.parts
+    if rel.suffix == ".pyc":
+        return False
+    if parts[0] == "checkpoint":
+        return parts[1:] == ("README.md",)
+    if parts[0] == "dataset":
+        return parts[1] in ("README.md", "make_demo_data.py") or parts[1] == "samples" and parts[2] != "SOTAs"
+    return True
 
 
 def command_lines():
