@@ -74,7 +74,7 @@ sys.path.insert(0, {root!r})
 from utils import checks
 
 def dump(parser, args=None, namespace=None):
-    print(json.dumps({{"description": parser.description, "class": type(parser).__name__, "actions": [
+    print(json.dumps({{"description": parser.description, "actions": [
         {{"flags": a.option_strings or [a.dest], "help": a.help}} for a in parser._actions]}}))
     sys.exit(0)
 
