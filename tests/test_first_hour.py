@@ -248,11 +248,11 @@ EXPECTED = {
         NO_ENHANCER,
     "python dataset/make_demo_data.py": (RUNS, "--images", "2", "--contrast", "4"),
     "python train.py --dataset_name Demo-Astronaut --contrast_positive_path dataset/Demo-Contrast/high "
-    "--contrast_negative_path dataset/Demo-Contrast/low --crop_size 128 --batch_size 2 --epoch_num 4 --vgg_checkpoint "
+    "--contrast_negative_path dataset/Demo-Contrast/low --crop_size 128 --batch_size 2 --epoch_num 2 --vgg_checkpoint "
     "checkpoint/demo_vgg16_luminance.pth --facenet_checkpoint checkpoint/demo_facenet_random.pth "
     "--retinaface_checkpoint tests/weights/Retinaface_mobilenet0.25.pth --checkpoint_root checkpoint/demo/ "
     "--log_path log/demo/train.txt --num_workers 1 --log_every 20": STARTS,
-    "python benchmarks/demo_quality.py --enhance_checkpoint checkpoint/demo/epoch0.pth checkpoint/demo/epoch3.pth":
+    "python benchmarks/demo_quality.py --enhance_checkpoint checkpoint/demo/epoch0.pth checkpoint/demo/epoch1.pth":
         r"checkpoint/demo/epoch0.pth: checkpoint not found \(--enhance_checkpoint\); fetch the published one with "
         r"`python -m utils.download` \(it writes checkpoint/Low-FaceNet.pth\)",
     "python dataset/samples/make_samples.py": RUNS,
