@@ -37,8 +37,8 @@ import os
 import sys
 from datetime import datetime
 
-from utils.checks import (ArgumentParser, add_precision_flags, check_paths, device_name, escape_unprintable_names,
-                          integer)
+from utils.checks import (ArgumentParser, add_precision_flags, check_checkpoints, check_paths, device_name,
+                          escape_unprintable_names, integer)
 from utils.compare import INPUT, METRICS, method_folder, method_names, missing_images
 
 RECOGNITION_SETS = ("CASIA-Test", "LaPa-Test", "LFW")
@@ -46,10 +46,10 @@ IQA_SETS = ("CelebA-Test", "CelebA-Test-2", "real", "samples")  # samples: the b
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--dataset_name", nargs="+", choices=RECOGNITION_SETS + IQA_SETS, default=["CASIA-Test"],
                    help="one or several data sets")
-    p.add_argument("--dataset_root", default="dataset")
+    p.add_argument("--dataset_root", default="dataset", help="the folder of the data sets")
     p.add_argument("--method_name", nargs="+", default=["Ours"], help="reads dataset/NAME/SOTAs/METHOD; several "
                    "names, Input (the dark input, NAME/underexposed), or all (every folder of SOTAs/ and Input)")
     p.add_argument("--partial", action="store_true", help="score a method folder that lacks images of the set on "
@@ -69,10 +69,14 @@ def parse_args(argv=None):
     p.add_argument("--figure_images", nargs="+", default=["4"], help="the figure's rows: a number N (the first N "
                    "images of the set) or image names")
     p.add_argument("--log_path", default="log/eval.txt", help="one line per method and set is appended")
-    p.add_argument("--facenet_checkpoint", default="checkpoint/facenet_mobilenet.pth")
-    p.add_argument("--backbone", default="mobilenet", choices=["mobilenet", "inception_resnetv1"])
-    p.add_argument("--retinaface_checkpoint", default="checkpoint/Retinaface_mobilenet0.25.pth")
-    p.add_argument("--unique_checkpoint", default="checkpoint/unique.pt")
+    p.add_argument("--facenet_checkpoint", default="checkpoint/facenet_mobilenet.pth", help="FaceNet weights "
+                   "(recognition sets)")
+    p.add_argument("--backbone", default="mobilenet", choices=["mobilenet", "inception_resnetv1"],
+                   help="FaceNet's backbone")
+    p.add_argument("--retinaface_checkpoint", default="checkpoint/Retinaface_mobilenet0.25.pth", help="RetinaFace "
+                   "weights (recognition sets)")
+    p.add_argument("--unique_checkpoint", default="checkpoint/unique.pt", help="UNIQUE weights (image quality sets; "
+                   "UNIQUE is left out without them)")
     p.add_argument("--database_root", default="database", help="database/NAME holds the first image of each identity")
     p.add_argument("--encoding_root", default="encoding", help="cached database encodings")
     p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1, mps")
@@ -162,6 +166,10 @@ def check_args(args):
     writes += [("--encoding_root", args.encoding_root)] if any(d in RECOGNITION_SETS for d in args.dataset_name) else []
     writes += [("--compare_path", args.compare_path)] if writes_comparison(args) else []
     check_paths(reads=reads, optional_reads=optional, writes=writes, logs=[("--log_path", args.log_path)])
+    if any(d in RECOGNITION_SETS for d in args.dataset_name):
+        check_checkpoints([("--retinaface_checkpoint", args.retinaface_checkpoint, "Retinaface_mobilenet0.25.pth"),
+                           ("--facenet_checkpoint", args.facenet_checkpoint,
+                            "facenet_mobilenet.pth" if args.backbone == "mobilenet" else None)])
 
 
 if __name__ == "__main__":

@@ -23,15 +23,16 @@ import os
 import signal
 import sys
 
-from utils.checks import (ArgumentParser, add_precision_flags, check_paths, device_name, escape_unprintable_names,
-                          integer)
+from utils.checks import (ArgumentParser, add_precision_flags, check_checkpoints, check_paths, device_name,
+                          escape_unprintable_names, integer)
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--underexposed_path", default="dataset/CASIA-Test/underexposed", help="folder of low-light images")
     p.add_argument("--enhanced_path", default="dataset/CASIA-Test/SOTAs/Ours", help="output folder")
-    p.add_argument("--enhance_checkpoint", default="checkpoint/Low-FaceNet.pth")
+    p.add_argument("--enhance_checkpoint", default="checkpoint/Low-FaceNet.pth", help="the published weights, or an "
+                   "epochN.pth or best.pth written by train.py")
     p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--batch_size", type=integer(1), default=1, help="images of equal size enhanced together (1, as "
                    "published, is the fastest on CPUs; 4-16 on GPUs)")
@@ -68,6 +69,7 @@ def check_args(args):
     check_paths(reads=[("--underexposed_path", args.underexposed_path)] + (normal if args.normal_path else []),
                 optional_reads=normal if args.comparison_path and not args.normal_path else [],
                 writes=[("--enhanced_path", args.enhanced_path), ("--comparison_path", args.comparison_path)])
+    check_checkpoints([("--enhance_checkpoint", args.enhance_checkpoint, "Low-FaceNet.pth")])
 
 
 def interrupted_at_start(signum, frame):

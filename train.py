@@ -45,45 +45,55 @@ import signal
 import sys
 import time
 
-from utils.checks import (ArgumentParser, add_precision_flags, check_paths, device_name, escape_unprintable_names,
-                          folder_name, integer, number)
+from utils.checks import (ArgumentParser, add_precision_flags, check_checkpoints, check_paths, device_name,
+                          escape_unprintable_names, folder_name, integer, number)
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(description="Train the Low-FaceNet enhancement network")
+    p = ArgumentParser(description=__doc__)
     # published flags
     p.add_argument("--gpu_id", type=integer(0), default=None, help="published flag; same as --device cuda:ID")
     p.add_argument("--start_epoch", type=integer(0), default=0, help="first epoch when resuming from a bare epochN.pth")
-    p.add_argument("--epoch_num", type=integer(1), default=100)
-    p.add_argument("--batch_size", type=integer(1), default=2)
+    p.add_argument("--epoch_num", type=integer(1), default=100, help="epochs to train (counted from 0)")
+    p.add_argument("--batch_size", type=integer(1), default=2, help="images per step (per process under torchrun)")
     p.add_argument("--crop_size", type=integer(32), default=384, help="training images are resized to crop_size x "
                    "crop_size")
-    p.add_argument("--lr", type=number(0, above=True), default=1e-4)
-    p.add_argument("--weight_decay", type=number(0), default=1e-4)
-    p.add_argument("--dataset_name", type=folder_name, default="LaPa-Face")
-    p.add_argument("--contrast_positive_path", default="dataset/Contrast/high")
-    p.add_argument("--contrast_negative_path", default="dataset/Contrast/low")
-    p.add_argument("--checkpoint_root", default="checkpoint/LLE/")
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--lr", type=number(0, above=True), default=1e-4, help="Adam's learning rate")
+    p.add_argument("--weight_decay", type=number(0), default=1e-4, help="Adam's weight decay")
+    p.add_argument("--dataset_name", type=folder_name, default="LaPa-Face", help="the training set, DATASET_ROOT/NAME/"
+                   "{underexposed,normal,seg}")
+    p.add_argument("--contrast_positive_path", default="dataset/Contrast/high", help="normal-light images, the "
+                   "contrastive positives")
+    p.add_argument("--contrast_negative_path", default="dataset/Contrast/low", help="low-light images, the "
+                   "contrastive negatives")
+    p.add_argument("--checkpoint_root", default="checkpoint/LLE/", help="where epochN.pth, resume.pth and best.pth go")
+    p.add_argument("--resume", action="store_true", help="continue from --resume_checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start over where an earlier run wrote: remove its "
                    "resume.pth, best.pth and epochN.pth in --checkpoint_root and its tensorboard/ events and previews/ "
                    "beside --log_path (once set-up has succeeded); without it such files stop the run")
     p.add_argument("--resume_checkpoint", default=None, help="resume.pth (full state) or epochN.pth (weights); "
                    "default: CHECKPOINT_ROOT/resume.pth")
-    p.add_argument("--log_path", default="log/train.txt")
+    p.add_argument("--log_path", default="log/train.txt", help="the text log (appended); run.json, tensorboard/ and "
+                   "previews/ go beside it")
     # this project's additions
-    p.add_argument("--dataset_root", default="dataset")
-    p.add_argument("--database_root", default="database")
-    p.add_argument("--encoding_root", default="encoding")
-    p.add_argument("--facenet_checkpoint", default="checkpoint/facenet_mobilenet.pth")
-    p.add_argument("--backbone", default="mobilenet", choices=["mobilenet", "inception_resnetv1"])
-    p.add_argument("--retinaface_checkpoint", default="checkpoint/Retinaface_mobilenet0.25.pth")
+    p.add_argument("--dataset_root", default="dataset", help="the folder of the data sets")
+    p.add_argument("--database_root", default="database", help="DATABASE_ROOT/NAME holds the first image of each "
+                   "identity (built on first use)")
+    p.add_argument("--encoding_root", default="encoding", help="cached face database encodings")
+    p.add_argument("--facenet_checkpoint", default="checkpoint/facenet_mobilenet.pth",
+                   help="FaceNet weights (face loss and database)")
+    p.add_argument("--backbone", default="mobilenet", choices=["mobilenet", "inception_resnetv1"],
+                   help="FaceNet's backbone")
+    p.add_argument("--retinaface_checkpoint", default="checkpoint/Retinaface_mobilenet0.25.pth", help="RetinaFace "
+                   "weights (face detection)")
     p.add_argument("--vgg_checkpoint", default=None, help="local torchvision vgg16 file (default: torchvision's "
                    "ImageNet weights through its cache under TORCH_HOME)")
     p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--num_workers", type=integer(0), default=2)
-    p.add_argument("--seed", type=integer(0, 2 ** 32 - 1), default=1)
-    p.add_argument("--log_every", type=integer(1), default=10, help="iterations between log lines")
+    p.add_argument("--num_workers", type=integer(0), default=2, help="DataLoader worker processes")
+    p.add_argument("--seed", type=integer(0, 2 ** 32 - 1), default=1, help="seeds weights, data order and contrastive "
+                   "samples")
+    p.add_argument("--log_every", type=integer(1), default=10, help="iterations between log lines (and the last, "
+                   "shorter window of each epoch)")
     p.add_argument("--save_every", type=integer(1), default=500, help="iterations between resume points")
     p.add_argument("--max_iters", type=integer(1), default=None, help="stop after this many iterations in all "
                    "(tests, trials)")
@@ -130,6 +140,10 @@ def check_args(args):
         writes.append(("the validation set's face database folder (--database_root)",
                        os.path.join(args.database_root, args.val_dataset)))
     check_paths(reads=reads, writes=writes, logs=[("--log_path", args.log_path)])
+    check_checkpoints([("--retinaface_checkpoint", args.retinaface_checkpoint, "Retinaface_mobilenet0.25.pth"),
+                       ("--facenet_checkpoint", args.facenet_checkpoint,
+                        "facenet_mobilenet.pth" if args.backbone == "mobilenet" else None),
+                       ("--vgg_checkpoint", args.vgg_checkpoint, None)])
     if args.overwrite and args.resume:
         sys.exit("error: --overwrite starts over, --resume continues: use one of them")
     earlier = earlier_run_files(args)
@@ -558,8 +572,9 @@ def train(args, log, stop, rank, world, device):
                 train_step(model, objective, optimizer, batch, monitor, args.precision, it + 1)
                 done += 1
                 bar.update(args.batch_size * world)
-                if (it + 1) % args.log_every == 0:
-                    n = min(args.log_every, it + 1 - start_batch)
+                finished_epoch = it + 1 == iters_per_epoch
+                if (it + 1) % args.log_every == 0 or finished_epoch:  # and the epoch's last, shorter window
+                    n = monitor.steps  # iterations since the last log line
                     means, faces, images, brightness = monitor.read()  # the one copy to the host per log line
                     correct, seen = correct + faces, seen + images
                     terms = " ".join(f"{k} {v:.4f}" for k, v in means.items() if k != "loss")
@@ -571,7 +586,6 @@ def train(args, log, stop, rank, world, device):
                         "lr": optimizer.param_groups[0]["lr"], "images_per_s": n * args.batch_size * world / seconds},
                         "train")
                     tic = time.time()
-                finished_epoch = it + 1 == iters_per_epoch
                 stopping = stop_requested() or (args.max_iters and done >= args.max_iters)
                 if stopping or (not finished_epoch and (it + 1) % args.save_every == 0):
                     save_resume(epoch, it + 1)

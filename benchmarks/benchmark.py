@@ -72,7 +72,7 @@ def part_names(text):
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1")
     add_precision_flags(p)
     p.add_argument("--compile", action="store_true", help="the training parts with train.py --compile")
@@ -87,8 +87,10 @@ def parse_args(argv=None):
     p.add_argument("--parts", type=part_names,
                    default="model,ceiling,enhance,test_py,large,train,train_largest,eval_py,precision",
                    help="comma-separated subset")
-    p.add_argument("--retinaface_checkpoint", default="checkpoint/Retinaface_mobilenet0.25.pth")
-    p.add_argument("--facenet_checkpoint", default="checkpoint/facenet_mobilenet.pth")
+    p.add_argument("--retinaface_checkpoint", default="checkpoint/Retinaface_mobilenet0.25.pth", help="the detector "
+                   "(the published copy in tests/weights/ where this file is absent)")
+    p.add_argument("--facenet_checkpoint", default="checkpoint/facenet_mobilenet.pth", help="FaceNet (seeded random "
+                   "weights where this file is absent)")
     p.add_argument("--vgg_checkpoint", default=None, help="a local VGG16 file (default: random weights)")
     p.add_argument("--faces", default=None, help="face photos in LFW layout (NAME/NAME_NNNN.jpg) for the training "
                    "batch and eval.py (default: utils.face_photos' synthetic photos)")

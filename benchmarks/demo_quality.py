@@ -20,27 +20,34 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from utils.checks import ArgumentParser, device_name, integer  # noqa: E402
+from utils.checks import ArgumentParser, check_checkpoints, check_paths, device_name, integer  # noqa: E402
 
 TEST_RETINAFACE = ROOT / "tests" / "weights" / "Retinaface_mobilenet0.25.pth"  # the published detector
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--enhance_checkpoint", nargs="+", default=["checkpoint/Low-FaceNet.pth"],
                    help="one or more enhancement weight files to compare")
-    p.add_argument("--samples", default="dataset/samples")
+    p.add_argument("--samples", default="dataset/samples", help="a folder of underexposed/ and normal/ pairs")
     p.add_argument("--faces", default=None, help="face photos (NAME/NAME_NNNN.jpg); default: synthetic ones")
     p.add_argument("--retinaface_checkpoint", default="checkpoint/Retinaface_mobilenet0.25.pth",
                    help="the published detector (falls back to the copy the tests carry)")
-    p.add_argument("--device", type=device_name, default="auto")
-    p.add_argument("--json", default="benchmarks/demo_quality.json")
-    p.add_argument("--seed", type=integer(0), default=1)
+    p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--json", default="benchmarks/demo_quality.json", help="where the table goes (JSON)")
+    p.add_argument("--seed", type=integer(0), default=1, help="seeds the darkening of the face photos")
     return p.parse_args(argv)
 
 
+def check_args(args):
+    """Exit with one line, before torch is imported, when a folder or checkpoint is missing."""
+    check_paths(reads=[("--samples", os.path.join(args.samples, sub)) for sub in ("underexposed", "normal")]
+                + ([("--faces", args.faces)] if args.faces else []), logs=[("--json", args.json)])
+    check_checkpoints([("--enhance_checkpoint", path, "Low-FaceNet.pth") for path in args.enhance_checkpoint])
+
+
 if __name__ == "__main__":
-    parse_args()  # --help and argument errors answer here, before the imports below load torch
+    check_args(parse_args())  # --help and argument errors answer here, before the imports below load torch
 
 import numpy as np  # noqa: E402
 from skimage.color import rgb2lab  # noqa: E402
@@ -100,6 +107,7 @@ def meets_bar(f, figures):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_args(args)
     try:
         device = resolve_device(args.device)
     except ValueError as e:

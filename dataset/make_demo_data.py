@@ -3,10 +3,11 @@ download). The trial did not give weights that help (README, "Demo weights"); th
 
     python dataset/make_demo_data.py
     python train.py --dataset_name Demo-Astronaut --contrast_positive_path dataset/Demo-Contrast/high \
-        --contrast_negative_path dataset/Demo-Contrast/low --crop_size 128 --batch_size 2 --epoch_num 24 \
+        --contrast_negative_path dataset/Demo-Contrast/low --crop_size 128 --batch_size 2 --epoch_num 2 \
         --vgg_checkpoint checkpoint/demo_vgg16_luminance.pth --facenet_checkpoint checkpoint/demo_facenet_random.pth \
-        --checkpoint_root checkpoint/demo/ --num_workers 1 --log_every 20
-    python benchmarks/demo_quality.py --enhance_checkpoint checkpoint/demo/epoch0.pth checkpoint/demo/epoch3.pth
+        --retinaface_checkpoint tests/weights/Retinaface_mobilenet0.25.pth \
+        --checkpoint_root checkpoint/demo/ --log_path log/demo/train.txt --num_workers 1 --log_every 20
+    python benchmarks/demo_quality.py --enhance_checkpoint checkpoint/demo/epoch0.pth checkpoint/demo/epoch1.pth
 
 Writes, seeded and bit-reproducible (existing files are kept):
   dataset/Demo-Astronaut/{normal,underexposed,seg}/astronaut/astronaut_NNNN.png
@@ -24,17 +25,30 @@ Writes, seeded and bit-reproducible (existing files are kept):
 import os
 import sys
 
-import cv2
-import numpy as np
-import torch
-from skimage import data
-
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
+from utils.checks import ArgumentParser, integer  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(description=__doc__)
+    p.add_argument("--images", type=integer(1), default=200, help="training images")
+    p.add_argument("--contrast", type=integer(1), default=100, help="positives and negatives each")
+    p.add_argument("--seed", type=integer(0), default=1, help="seeds the crops, the darkening and the stand-in weights")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer here, before the imports below load torch
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from skimage import data  # noqa: E402
+
 from nets.facenet import FaceNet  # noqa: E402
 from nets.vgg import vgg16_trunk  # noqa: E402
 from utils.checkpoint import atomic_save  # noqa: E402
-from utils.checks import ArgumentParser, integer  # noqa: E402
 from utils.images import write_image  # noqa: E402
 from utils.lowlight import darken  # noqa: E402
 
@@ -64,12 +78,8 @@ def write_new(pixels, path):
         write_image(pixels, path)
 
 
-def main():
-    p = ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--images", type=integer(1), default=200, help="training images")
-    p.add_argument("--contrast", type=integer(1), default=100, help="positives and negatives each")
-    p.add_argument("--seed", type=integer(0), default=1)
-    args = p.parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     rng = np.random.default_rng(args.seed)
     train = os.path.join(ROOT, "dataset", "Demo-Astronaut")
     astronaut = data.astronaut()

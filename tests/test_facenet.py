@@ -108,10 +108,11 @@ def test_train_path_with_stored_box_matches_published(face_ref, facenet):
     assert_close(logits[0], ref["cos"], rtol=1e-4, atol=1e-6, what="cos")
     assert_close(loss, ref["face_loss"], rtol=1e-5, atol=1e-6, what="face_loss")
     # One ReLU6 pre-activation of FaceNet lies ~1e-6 from its threshold; in float32, which side it falls on depends
-    # on the CPU's kernels and thread count (2 threads on an AVX-512 EPYC flip it: 2.5 % of the largest gradient).
-    # In float64 the path matches the published gradient to 1e-5 of its largest value.
+    # on the CPU's kernels and thread count (the published float32 gradient itself differs by up to 1.3 % of its
+    # largest value between CPUs). So the gradient is compared in float64 with the published path run in float64
+    # (grad_image_float64), which it matches to about 1e-7 of its largest value.
     _, _, grad = _stored_box_path(ref, copy.deepcopy(facenet).double(), ref["box"])
-    assert_close(grad, ref["grad_image"], scale=1e-4, what="grad_image")
+    assert_close(grad, ref["grad_image_float64"], scale=1e-6, what="grad_image_float64")
 
 
 class RecordingDetector:

@@ -1,10 +1,13 @@
 """Checks of the scripts' arguments, made before any work and before torch is imported (so that --help and every
 argument error answer at once): each failure is one line, 'error: ...', that says what is allowed (exit status 1).
 
-    p = ArgumentParser(description="...")
-    p.add_argument("--batch_size", type=integer(1), default=1)      # 'an integer >= 1 is allowed, not '-2''
-    p.add_argument("--device", type=device_name, default="auto")
+    p = ArgumentParser(description=__doc__)     # --help: the docstring as written, then each flag's help and default
+    p.add_argument("--batch_size", type=integer(1), default=1, help="...")  # 'an integer >= 1 is allowed, not '-2''
+    p.add_argument("--device", type=device_name, default="auto", help="...")
     check_paths(reads=[("--underexposed_path", src)], writes=[("--enhanced_path", dst)], logs=[("--log_path", log)])
+    check_checkpoints([("--enhance_checkpoint", path, "Low-FaceNet.pth")])
+
+A folder or checkpoint that is missing names the command that fixes it (`python -m utils.download ...`).
 """
 import argparse
 import math
@@ -13,8 +16,32 @@ import re
 import sys
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PUBLISHED_DATASETS = ("LaPa-Face", "Contrast", "CASIA-Test", "LaPa-Test", "LFW", "CelebA-Test")
+DATASET_FOLDERS = ("underexposed", "normal", "seg", "high", "low")  # the published sets' sub-folders
+BUNDLED_RETINAFACE = os.path.join(ROOT, "tests", "weights", "Retinaface_mobilenet0.25.pth")  # the published detector
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help: the description as written (a script's docstring, with its commands), and each flag's default after
+    its help text (where it has a value: not for switches and defaults of None, whose help says what happens)."""
+
+    def _get_help_string(self, action):
+        text, default = action.help or "", action.default
+        if "%(default)" in text or default is None or default is False or default == [] or action.nargs == 0 \
+                or default == argparse.SUPPRESS:
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are one line on stderr, 'error: argument --tile: ...', without the usage block."""
+    """argparse whose errors are one line on stderr, 'error: argument --tile: ...', without the usage block, and
+    whose --help shows the description as written and every flag's default (HelpFormatter)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         sys.exit(f"error: {message} (see --help)")
@@ -97,7 +124,8 @@ def check_paths(reads=(), writes=(), optional_reads=(), logs=()):
     """
     for label, path in reads:
         if not os.path.isdir(path):
-            sys.exit(f"error: {path}: folder not found ({label})")
+            fix = dataset_fix(path)
+            sys.exit(f"error: {path}: folder not found ({label})" + (f"; {fix}" if fix else ""))
     writes = [(label, path) for label, path in writes if path]
     for label, path in writes:
         _check_writable(label, path, folder=True)
@@ -109,6 +137,48 @@ def check_paths(reads=(), writes=(), optional_reads=(), logs=()):
             if relation:
                 sys.exit(f"error: {label} {path} {relation} {other_label} {other}; every folder a run writes must "
                          "lie apart from the folders it reads and from its other output folders")
+
+
+def dataset_fix(path):
+    """For a missing folder in a published data set (ROOT/NAME itself missing, or one of its published sub-folders
+    underexposed, normal, seg, high, low): 'ROOT/NAME is a published data set: fetch it with `python -m
+    utils.download --datasets NAME`'; otherwise None."""
+    folder = os.path.normpath(path)
+    while os.path.basename(folder) not in PUBLISHED_DATASETS:
+        if os.path.dirname(folder) in ("", folder):
+            return None
+        folder = os.path.dirname(folder)
+    missing = os.path.normpath(path)
+    if os.path.isdir(folder) and not (missing == folder or os.path.dirname(missing) == folder
+                                      and os.path.basename(missing) in DATASET_FOLDERS):
+        return None
+    root = os.path.dirname(folder) or "."
+    flag = "" if root == "dataset" else f" --dataset_root {root}"
+    return f"{folder} is a published data set: fetch it with `python -m utils.download --datasets " \
+           f"{os.path.basename(folder)}{flag}`"
+
+
+def check_checkpoints(files):
+    """Exit with one line, before torch is imported, when a checkpoint is missing. files: (label, path, the name of
+    the published file it stands for, or None); the line names the command that fetches the published file and,
+    for RetinaFace, the copy that ships with the tests (for trials)."""
+    for label, path, published in files:
+        if path is None or os.path.isfile(path):
+            continue
+        fix = ""
+        if published:
+            fix = "; fetch it with `python -m utils.download`" \
+                if os.path.normpath(path) == os.path.join("checkpoint", published) else \
+                f"; fetch the published one with `python -m utils.download` (it writes checkpoint/{published})"
+        if published == os.path.basename(BUNDLED_RETINAFACE):
+            fix += f"; for trials, the published detector ships with the tests: {label} {_shown(BUNDLED_RETINAFACE)}"
+        sys.exit(f"error: {path}: checkpoint not found ({label}){fix}")
+
+
+def _shown(path):
+    """path relative to the working folder when it lies below it, else absolute."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
 
 
 def escape_unprintable_names():

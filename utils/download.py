@@ -31,7 +31,7 @@ BAIDU = {"models": "BaiduNetdisk https://pan.baidu.com/s/18RD-XVuVjFQJEi3MmjsYBw
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--datasets", nargs="*", default=[], metavar="NAME",
                    help="data sets to fetch into dataset/NAME, e.g. CASIA-Test LFW (LaPa-Face, Contrast, LaPa-Test, "
                         "CelebA-Test)")

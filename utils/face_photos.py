@@ -1,7 +1,7 @@
 """Face photos made from scikit-image's public-domain photos, for the tests, the benchmarks and trials of a set-up
 (no LFW photo is redistributed).
 
-    python -m utils.face_photos DEST
+    python -m utils.face_photos results/face_photos        # DEST: any folder
 
 `make_face_photos(dest)` writes dest/NAME/NAME_000K.jpg (LFW layout, 250x250 JPEG): a few "identities", each a
 fixed change of a real face (the astronaut, the cameraman: mirrored, recoloured, narrowed), and a few photos of
@@ -9,10 +9,22 @@ each (crop, scale and light changes). The published RetinaFace finds one face in
 """
 from pathlib import Path
 
-import cv2
-import numpy as np
-from PIL import Image
-from skimage import data
+from utils.checks import ArgumentParser, check_paths
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(description=__doc__)
+    p.add_argument("dest", metavar="DEST", help="the folder to write NAME/NAME_000K.jpg in (files there are replaced)")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    check_paths(writes=[("DEST", parse_args().dest)])  # --help and argument errors answer here, before cv2 loads
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+from skimage import data  # noqa: E402
 
 SIZE = 250
 
@@ -67,7 +79,5 @@ def make_face_photos(dest):
 
 
 if __name__ == "__main__":
-    import sys
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m utils.face_photos DEST")
-    print(f"wrote {sum(1 for _ in make_face_photos(sys.argv[1]).rglob('*.jpg'))} face photos into {sys.argv[1]}")
+    dest = parse_args().dest
+    print(f"wrote {sum(1 for _ in make_face_photos(dest).rglob('*.jpg'))} face photos into {dest}")

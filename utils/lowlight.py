@@ -51,11 +51,13 @@ def image_rng(seed, rel_path):
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--normal_path", required=True, help="folder of normal-light images (flat or sub-folders)")
     p.add_argument("--underexposed_path", required=True, help="output folder, apart from --normal_path")
-    p.add_argument("--mode", choices=["gamma", "scale"], default="gamma")
-    p.add_argument("--seed", type=integer(0), default=1)
+    p.add_argument("--mode", choices=["gamma", "scale"], default="gamma", help="gamma curve plus faint noise, or "
+                   "plain scaling (see --gamma, --noise_std, --scale)")
+    p.add_argument("--seed", type=integer(0), default=1, help="with each image's relative path, seeds its random "
+                   "stream")
     p.add_argument("--gamma", type=number(0, above=True), help="fixed gamma instead of a draw from [2.15, 2.25]")
     p.add_argument("--noise_std", type=number(0), help="fixed noise std (0..255 units) instead of [0.26, 0.30]")
     p.add_argument("--scale", type=number(0, 1, above=True), help="fixed factor in (0, 1] instead of a draw from "

@@ -8,12 +8,23 @@ files can be rebuilt bit for bit. Existing files are kept unless --overwrite.
 import os
 import sys
 
-import cv2
-import numpy as np
-from skimage import data
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from utils.checks import ArgumentParser  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(description=__doc__)
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer here, before the imports below load cv2 and scikit-image
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+from skimage import data  # noqa: E402
+
 from utils.images import write_image  # noqa: E402
 from utils.lowlight import darken  # noqa: E402
 
@@ -27,10 +38,8 @@ SAMPLES = {
 }
 
 
-def main():
-    p = ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--overwrite", action="store_true")
-    args = p.parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     root = os.path.dirname(os.path.abspath(__file__))
     rng = np.random.default_rng(1)
     for name, ((r0, r1), (c0, c1), size, flip, how) in SAMPLES.items():
