@@ -146,7 +146,6 @@ def check_args(args):
     cannot work together (utils.checks.check_paths)."""
     if "all" in args.method_name and len(args.method_name) > 1:
         sys.exit("error: --method_name all stands alone (it scores every method folder)")
-    check_metrics(args)
     reads, optional, writes = [], [], []
     for dataset in args.dataset_name:
         root = dataset_dir(args, dataset)
@@ -166,6 +165,7 @@ def check_args(args):
     writes += [("--encoding_root", args.encoding_root)] if any(d in RECOGNITION_SETS for d in args.dataset_name) else []
     writes += [("--compare_path", args.compare_path)] if writes_comparison(args) else []
     check_paths(reads=reads, optional_reads=optional, writes=writes, logs=[("--log_path", args.log_path)])
+    check_metrics(args)  # after the folders: a missing data set is named as such, not as a figure it cannot give
     if any(d in RECOGNITION_SETS for d in args.dataset_name):
         check_checkpoints([("--retinaface_checkpoint", args.retinaface_checkpoint, "Retinaface_mobilenet0.25.pth"),
                            ("--facenet_checkpoint", args.facenet_checkpoint,

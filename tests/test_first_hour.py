@@ -194,7 +194,11 @@ NO_ENHANCER = r"checkpoint/Low-FaceNet.pth: checkpoint not found \(--enhance_che
 NO_LAPA = r"dataset/LaPa-Face/underexposed: folder not found \(the training set's underexposed \(--dataset_name\)\)" \
           + FETCH.format("LaPa-Face")
 NO_OUTPUT = r"dataset/{0}/SOTAs/Ours: folder not found \(the enhanced images of --method_name; write them with " \
-            r"test.py\)"
+            r"test.py or utils.baselines\)"
+NO_METHODS = r"dataset/{0}: neither SOTAs/ method folders nor underexposed/ to score \(--method_name all\); fetch the " \
+             r"set with `python -m utils.download --datasets {0}`"
+NO_UPSTREAM = r"UPSTREAM: not a checkout of the published code \(no model.py\); get one with `git clone " \
+              r"https://github.com/fanyihua0309/Low-FaceNet UPSTREAM`"
 NO_CASIA = r"dataset/CASIA-Test/underexposed: folder not found \(--underexposed_path\)" + FETCH.format("CASIA-Test")
 
 # How each written command is checked in a fresh clone, in the order written:
@@ -215,7 +219,6 @@ EXPECTED = {
     ".venv/bin/python -m pytest -q tests": EXTERNAL,
     "python -m utils.download": STARTS,
     "python -m utils.download --datasets CASIA-Test LFW": STARTS,
-    "python -m utils.download --models_url https://drive.google.com/drive/folders/ID --datasets_url URL": STARTS,
     "python test.py --underexposed_path dataset/CASIA-Test/underexposed --enhanced_path dataset/CASIA-Test/SOTAs/Ours "
     "--enhance_checkpoint checkpoint/Low-FaceNet.pth --device auto --batch_size 1": NO_CASIA,
     "python test.py --device cuda --batch_size 16 --precision bf16": NO_CASIA,
@@ -267,8 +270,20 @@ EXPECTED = {
     "python train.py --val_dataset LaPa-Test": NO_LAPA,
     "python train.py --batch_size 32 --device cuda --num_workers 8 --precision bf16 --compile": NO_LAPA,
     "torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 train.py": NO_LAPA,
-    "python -m utils.download --models_url https://drive.google.com/drive/folders/ID --datasets_url ...": STARTS,
     "python -m utils.face_photos results/face_photos": RUNS,
+    "python eval.py --dataset_name CASIA-Test LaPa-Test --method_name all": NO_METHODS.format("CASIA-Test"),
+    "python eval.py --dataset_name CASIA-Test LaPa-Test --method_name all --figure": NO_METHODS.format("CASIA-Test"),
+    "python eval.py --dataset_name CASIA-Test --method_name all --protocol verification --gallery normal":
+        NO_METHODS.format("CASIA-Test"),
+    "python train.py --overwrite": NO_LAPA,
+    "python -m utils.baselines --dataset_name samples --methods gamma he clahe lime": RUNS,
+    "python eval.py --dataset_name samples --method_name all --figure": RUNS,
+    "python -m utils.baselines --dataset_name CASIA-Test --methods lime --dataset_root dataset":
+        r"dataset/CASIA-Test/underexposed: folder not found \(the low-light images of --dataset_name\); fetch the data "
+        r"set with `python -m utils.download --datasets CASIA-Test`, or make one with utils.lowlight",
+    "python tests/reference/make_reference.py UPSTREAM OUT 1 --inputs tests/reference": NO_UPSTREAM,
+    "python tests/reference/make_reference.py UPSTREAM OUT 1 --compare tests/reference": NO_UPSTREAM,
+    "python tests/reference/make_reference.py UPSTREAM OUT 2": NO_UPSTREAM,
     "python -m utils.lowlight --normal_path dataset/CASIA-Test/normal --underexposed_path "
     "dataset/CASIA-Test/underexposed --mode gamma --seed 1":
         r"dataset/CASIA-Test/normal: folder not found \(--normal_path\)" + FETCH.format("CASIA-Test"),

@@ -21,9 +21,9 @@ METHODS = ("gamma", "he", "clahe", "lime")
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--dataset_name", type=folder_name, required=True, help="reads dataset/NAME/underexposed")
-    p.add_argument("--dataset_root", default="dataset")
+    p.add_argument("--dataset_root", default="dataset", help="the folder of the data sets")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                    help="each writes dataset/NAME/SOTAs/METHOD")
     p.add_argument("--gamma", type=number(0, above=True), default=2.2, help="gamma: out = in ** (1 / GAMMA)")

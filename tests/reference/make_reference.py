@@ -16,17 +16,39 @@ metrics,segmentation,face,weights_probe}.pt with the keys of tests/reference/; -
 tensor, its largest difference from REF's relative to REF's largest value. Not part of the test suite: it needs the
 published checkout (and scipy, which the published colour loss imports).
 """
-import argparse
 import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for utils.checks
+from utils.checks import ArgumentParser  # noqa: E402
+
+
+def parse_args(argv=None):
+    """The arguments; a folder that is not the published checkout stops here in one line, before torch loads."""
+    p = ArgumentParser(description=__doc__)
+    p.add_argument("upstream", help="checkout of github.com/fanyihua0309/Low-FaceNet")
+    p.add_argument("out", help="folder for the parity_*.pt files")
+    p.add_argument("seed", type=int, help="seed of the parity weights (1 in tests/reference) and of fresh inputs")
+    p.add_argument("--inputs", default=None, help="take the inputs from this folder's parity_*.pt (for a diff)")
+    p.add_argument("--compare", default=None, help="take the inputs from this folder and print the differences")
+    args = p.parse_args(argv)
+    if not os.path.isfile(os.path.join(args.upstream, "model.py")):
+        sys.exit(f"error: {args.upstream}: not a checkout of the published code (no model.py); get one with "
+                 f"`git clone https://github.com/fanyihua0309/Low-FaceNet {args.upstream}`")
+    args.upstream = os.path.abspath(args.upstream)
+    return args
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and a wrong checkout answer here, before the imports below load torch
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
@@ -276,16 +298,8 @@ def compare(out, ref):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("upstream", help="checkout of github.com/fanyihua0309/Low-FaceNet")
-    p.add_argument("out", help="folder for the parity_*.pt files")
-    p.add_argument("seed", type=int, help="seed of the parity weights (1 in tests/reference) and of fresh inputs")
-    p.add_argument("--inputs", default=None, help="take the inputs from this folder's parity_*.pt (for a diff)")
-    p.add_argument("--compare", default=None, help="take the inputs from this folder and print the differences")
-    args = p.parse_args()
-    upstream = os.path.abspath(args.upstream)
-    if not os.path.isfile(os.path.join(upstream, "model.py")):
-        sys.exit(f"error: {upstream}: not a checkout of the published code (no model.py)")
+    args = parse_args()
+    upstream = args.upstream
     sys.path.insert(0, upstream)
     run_on_cpu()
     torch.manual_seed(args.seed)
