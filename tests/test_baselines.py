@@ -91,7 +91,7 @@ def test_script_mirrors_folders_keeps_outputs_and_names_failures(tmp_path, dark,
     sotas = tmp_path / "dataset" / "Mine" / "SOTAs"
     for method in ("gamma", "lime"):
         assert sorted(p.relative_to(sotas / method).as_posix() for p in (sotas / method).rglob("*")
-                      if p.is_file()) == ["A/A_0001.png", "b.jpg"]
+                      if p.is_file() and p.name != ".made_by.json") == ["A/A_0001.png", "b.jpg"]
     assert np.array_equal(np.asarray(Image.open(sotas / "gamma" / "A" / "A_0001.png")),
                           baselines.gamma_correct(dark))
     (low / "broken.png").unlink()
@@ -99,6 +99,26 @@ def test_script_mirrors_folders_keeps_outputs_and_names_failures(tmp_path, dark,
     assert baselines.main(argv) == 0 and (sotas / "gamma" / "b.jpg").read_bytes() == b"kept"
     assert "done: 0 written, 4 kept, 0 failed" in capsys.readouterr().out
     assert baselines.main(argv + ["--overwrite"]) == 0 and (sotas / "gamma" / "b.jpg").read_bytes() != b"kept"
+
+
+def test_other_settings_never_mix_with_earlier_outputs(tmp_path, dark, capsys):
+    """A folder of gamma 2.2 outputs refuses a gamma 1.5 run in one line (nothing written); --overwrite replaces
+    every output and records the new settings."""
+    low = tmp_path / "dataset" / "Mine" / "underexposed"
+    low.mkdir(parents=True)
+    Image.fromarray(dark).save(low / "a.png")
+    argv = ["--dataset_name", "Mine", "--dataset_root", str(tmp_path / "dataset"), "--methods", "gamma"]
+    assert baselines.main(argv) == 0
+    out = tmp_path / "dataset" / "Mine" / "SOTAs" / "gamma" / "a.png"
+    before = out.read_bytes()
+    with pytest.raises(SystemExit) as stop:
+        baselines.main(argv + ["--gamma", "1.5"])
+    assert "holds outputs of other settings: gamma (was 2.2, now 1.5)" in str(stop.value.code)
+    assert "--overwrite" in str(stop.value.code) and out.read_bytes() == before
+    assert baselines.main(argv + ["--gamma", "1.5", "--overwrite"]) == 0
+    assert np.array_equal(np.asarray(Image.open(out)), baselines.gamma_correct(dark, 1.5))
+    assert baselines.main(argv + ["--gamma", "1.5"]) == 0  # the record now names gamma 1.5
+    assert "done: 0 written, 1 kept, 0 failed" in capsys.readouterr().out
 
 
 def test_script_refuses_a_missing_set_in_one_line(tmp_path):

@@ -7,7 +7,9 @@ IEEE TIP 2017).
 
 Reads dataset/NAME/underexposed and writes dataset/NAME/SOTAs/METHOD with the same names, extensions and
 sub-folders, through the project's atomic image writing (never over an input: the folders are checked apart before
-any work). Existing outputs are kept unless --overwrite, so an interrupted run resumes by running it again. Entries
+any work). Existing outputs are kept unless --overwrite, so an interrupted run resumes by running it again; each
+output folder records the method's settings (.made_by.json), and a folder holding outputs of other settings is
+refused in one line unless --overwrite. Entries
 that are not images are passed over with a line each; an image that cannot be read or written gets a line and the
 others are still written. Exit status 1 when an image failed or the folder holds no image. Score the results with
 `python eval.py --dataset_name NAME --method_name all`.
@@ -32,7 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--lime_alpha", type=number(0, above=True), default=0.15, help="LIME's smoothness weight")
     p.add_argument("--lime_sigma", type=number(0, above=True), default=2.0, help="LIME's Gaussian of strategy III")
     p.add_argument("--lime_gamma", type=number(0, above=True), default=0.8, help="LIME's gamma of the illumination")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files (also those of other "
+                   "settings: without it a folder holding them is refused)")
     return p.parse_args(argv)
 
 
@@ -63,6 +66,7 @@ from scipy.sparse.linalg import spsolve  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from utils.images import ImageReadError, list_images, read_image, write_image  # noqa: E402
+from utils.output_record import claim_folder, finish_folder  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # the enhancers: HxWx3 uint8 RGB in, HxWx3 uint8 RGB out
@@ -149,6 +153,16 @@ def lime(image, alpha=0.15, sigma=2.0, gamma=0.8, eps=1e-3):
     return np.rint(np.clip(image / 255.0 / t[..., None], 0, 1) * 255).astype(np.uint8)
 
 
+def settings(args, method):
+    """What an output of `method` depends on: recorded in its folder (utils.output_record), so that other settings
+    never mix with an earlier run's outputs."""
+    params = {"gamma": ["gamma"], "he": [], "clahe": ["clahe_clip", "clahe_grid"],
+              "lime": ["lime_alpha", "lime_sigma", "lime_gamma"]}[method]
+    source, _ = folders(args)
+    return {"command": "utils.baselines", "method": method, "input": os.path.realpath(source),
+            **{name: getattr(args, name) for name in params}}
+
+
 def enhancers(args):
     """{method: HxWx3 uint8 -> HxWx3 uint8} with the run's parameters."""
     table = {"gamma": lambda im: gamma_correct(im, args.gamma), "he": equalize,
@@ -168,6 +182,8 @@ def main(argv=None):
     if not files:
         sys.exit(f"error: no images found in {source}")
     methods = enhancers(args)
+    replacing = {m: claim_folder(f"the outputs of {m}", outputs[m], settings(args, m), args.overwrite, set(files))
+                 for m in methods}
     wanted = {rel: [m for m in methods if args.overwrite or not os.path.isfile(os.path.join(outputs[m], rel))]
               for rel in files}
     todo = [rel for rel in files if wanted[rel]]
@@ -191,6 +207,9 @@ def main(argv=None):
             except (OSError, ValueError) as e:
                 tqdm.write(f"failed {out}: cannot write ({e})")
                 failed += 1
+    for m in methods:
+        if replacing[m] and not failed:
+            finish_folder(outputs[m], settings(args, m))
     print(f"done: {written} written, {kept} kept, {failed} failed")
     return 1 if failed else 0
 
