@@ -108,8 +108,8 @@ def save(enhanced, output=None, image=None, comparison=None, normal=None):
 
 
 def writer_pool(workers):
-    """Encoders of the output images: processes, forked before the reading threads start, where the system forks
-    (PIL's encoders stopped scaling at one thread), else threads."""
+    """Encoders of the output images: processes, forked before the device and the reading threads start, where the
+    system forks (PIL's encoders stopped scaling at one thread), else threads."""
     if "fork" not in multiprocessing.get_all_start_methods():
         return ThreadPoolExecutor(workers)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
@@ -121,15 +121,10 @@ def main(argv=None):
     args = parse_args(argv)
     check_args(args)
     escape_unprintable_names()
-    device = start_device(args.device, args.precision)
     files, passed_over = list_images(args.underexposed_path, say=print)
     if not files:
         sys.exit(f"error: no images found in {args.underexposed_path}")
     keep_freed_memory()
-    try:
-        model = nets.load("enhance", args.enhance_checkpoint, device)
-    except CheckpointError as e:
-        sys.exit(f"error: {e}")
     failed, failed_images = [], set()
 
     def fail(rel, message):
@@ -153,11 +148,19 @@ def main(argv=None):
     todo = [rel for rel in files if wanted[rel]]
     existing = len(files) - len(todo)
     normal_dir = normal_folder(args)
+    # the writer processes fork before the device starts (a process forked after CUDA starts cannot use it) and
+    # before the reading threads start
+    writer = writer_pool(max(1, min(args.writers, len(todo))))
+    device = start_device(args.device, args.precision)
+    try:
+        model = nets.load("enhance", args.enhance_checkpoint, device)
+    except CheckpointError as e:
+        writer.shutdown()
+        sys.exit(f"error: {e}")
     print(f"weights: {args.enhance_checkpoint}")
     print(f"enhancing {len(todo)} images from {args.underexposed_path} into {args.enhanced_path} on {device}"
           + (f" ({existing} already there, kept; --overwrite replaces them)" if existing else ""))
 
-    writer = writer_pool(max(1, min(args.writers, len(todo))))  # before the reading threads start
     loader = read_ahead(ImageFiles(args.underexposed_path, todo), args.batch_size, args.num_workers)
     pending = []
 

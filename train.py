@@ -80,7 +80,8 @@ def parse_args(argv=None):
                    "reduce-overhead: CUDA graphs of them); off by default; the first steps then take minutes")
     p.add_argument("--memory_format", default="auto", choices=["auto", "channels_last", "contiguous"],
                    help="layout of the enhancement network in training; auto: the faster one on this device, timed "
-                   "at the start (contiguous, the published one, with --deterministic); results do not depend on it")
+                   "at the start on a CPU, channels_last on CUDA (contiguous, the published one, with --deterministic); "
+                   "results do not depend on it")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels only (bit-reproducible runs "
                    "and resumes on one device; slower on CUDA)")
     p.add_argument("--val_dataset", default=None, help="validate on DATASET_ROOT/NAME/{underexposed,normal} every "
@@ -280,6 +281,8 @@ def main(argv=None):
     args = parse_args(argv)
     check_args(args)
     escape_unprintable_names()
+    if args.deterministic:  # read when cuBLAS starts: before anything touches the device
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
     try:  # first of all: a device this machine lacks is a one-line error
         rank, world, device = distributed.setup(
             f"cuda:{args.gpu_id}" if args.gpu_id is not None and args.device == "auto" else args.device)
@@ -289,8 +292,7 @@ def main(argv=None):
     seed_everything(args.seed)
     set_precision(args.precision)
     deterministic = torch.are_deterministic_algorithms_enabled()
-    if args.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
+    if args.deterministic:  # on CUDA the face crops then take their deterministic path (nets.face_recognition)
         torch.use_deterministic_algorithms(True)
     log = Log(args.log_path, main=rank == 0)
     stop = {"signal": None}

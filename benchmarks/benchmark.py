@@ -381,6 +381,21 @@ def part_train(args, device, tmp):
     return train_figures(args, device, tmp, 2, parts=True)
 
 
+def out_of_memory(error):
+    """Whether `error` is the device running out of memory, also where it arrives wrapped: under torch.compile as
+    BackendCompilerFailed (or another error) whose cause is torch.OutOfMemoryError, or as a cuDNN or cuBLAS
+    RuntimeError whose message says so (CUDNN_STATUS_ALLOC_FAILED, CUBLAS_STATUS_ALLOC_FAILED)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = str(error).lower()
+        if isinstance(error, torch.OutOfMemoryError) or isinstance(error, RuntimeError) and (
+                "out of memory" in text or "alloc_failed" in text):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def part_train_largest(args, device, tmp):
     """The training step at the largest batch that fits: 4, 8, 16, ... until one runs out of the GPU's memory."""
     if device.type != "cuda":
@@ -389,7 +404,9 @@ def part_train_largest(args, device, tmp):
     while batch_size <= (8 if args.quick else 1024):
         try:
             best = train_figures(args, device, tmp, batch_size)
-        except torch.OutOfMemoryError:
+        except Exception as e:
+            if not out_of_memory(e):
+                raise
             break
         finally:
             torch.cuda.empty_cache()
