@@ -82,6 +82,8 @@ def parse_args(argv=None):
                    help="layout of the enhancement network in training; auto: the faster one on this device, timed "
                    "at the start on a CPU, channels_last on CUDA (contiguous, the published one, with --deterministic); "
                    "results do not depend on it")
+    p.add_argument("--dist_timeout", type=integer(1), default=60, help="minutes a torchrun process waits for the "
+                   "others (rank 0 builds the face database and validates alone) before the run ends")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels only (bit-reproducible runs "
                    "and resumes on one device; slower on CUDA)")
     p.add_argument("--val_dataset", default=None, help="validate on DATASET_ROOT/NAME/{underexposed,normal} every "
@@ -285,7 +287,8 @@ def main(argv=None):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
     try:  # first of all: a device this machine lacks is a one-line error
         rank, world, device = distributed.setup(
-            f"cuda:{args.gpu_id}" if args.gpu_id is not None and args.device == "auto" else args.device)
+            f"cuda:{args.gpu_id}" if args.gpu_id is not None and args.device == "auto" else args.device,
+            args.dist_timeout)
     except ValueError as e:
         sys.exit(f"error: {e}")
     keep_freed_memory()
@@ -328,8 +331,8 @@ def train(args, log, stop, rank, world, device):
                     args.encoding_root, args.dataset_name, detector, facenet, device)
                 train_set = TrainSet(data_dir, names, args.crop_size, args.contrast_positive_path,
                                      args.contrast_negative_path, args.seed)
-                unreadable = train_set.unreadable() if main_process else []
             distributed.barrier()
+        unreadable = distributed.gather(train_set.unreadable(rank, world))  # each rank checks its share of the files
         if validation and main_process:  # rank 0 alone validates
             validation.load_face_database(args.database_root, args.encoding_root, detector, facenet, device)
         vgg = load_vgg16(args.vgg_checkpoint, device)
@@ -413,7 +416,8 @@ def train(args, log, stop, rank, world, device):
     def validate(epoch):  # on rank 0, the weights after `epoch`; the training state stays exactly as it was
         if main_process:
             rng = rng_state()
-            measures, preview = validation(net, device, args.precision, args.preview_images, report=log)
+            with torch.compiler.set_stance("force_eager"):  # --compile would recompile for each image size
+                measures, preview = validation(net, device, args.precision, args.preview_images, report=log)
             restore_rng(rng)
             best.update(epoch, measures, weights)
             step = (epoch + 1) * iters_per_epoch

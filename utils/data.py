@@ -121,12 +121,14 @@ class TrainSet(Dataset):
             if not files:
                 raise ValueError(f"{d}: no contrastive images found")
 
-    def unreadable(self):
+    def unreadable(self, part=0, parts=1):
         """One message per training image, parsing map or contrastive image that cannot be read: decoding every
-        file once before training (seconds per thousand images) keeps a corrupt file from stopping it halfway."""
+        file once before training (seconds per thousand images) keeps a corrupt file from stopping it halfway.
+        With parts > 1, only the files part, part + parts, ... (one process's share of the check under torchrun)."""
         checks = [(read_image, os.path.join(self.low_dir, rel)) for rel in self.files]
         checks += [(lambda path: load_labels(path, 1), self._seg_path(rel)) for rel in self.files]
         checks += [(read_image, os.path.join(d, rel)) for d, files in self.contrast for rel in files]
+        checks = checks[part::parts]
         messages = []
         for read, path in tqdm(checks, desc="checking training files", unit="file", leave=False):
             try:
