@@ -147,3 +147,28 @@ def test_test_py_forks_its_writers_before_the_device_starts(tmp_path, monkeypatc
     assert test_script.main(["--underexposed_path", str(tmp_path / "in"), "--enhanced_path", str(tmp_path / "out"),
                              "--enhance_checkpoint", str(tmp_path / "w.pth"), "--device", "cpu", "--writers", "1"]) == 0
     assert order == ["writer_pool", "start_device"] and (tmp_path / "out" / "a.png").is_file()
+
+
+def test_the_benchmark_measures_the_loader_with_train_py_default_workers(tmp_path):
+    import train
+    args = benchmark.parse_args(["--quick"])
+    figures = benchmark.part_loader(args, torch.device("cpu"), str(tmp_path))
+    assert figures["workers"] == train.parse_args([]).num_workers and figures["items"] == 16
+    assert figures["items_per_s"] == pytest.approx(16 / figures["seconds"])
+    rows = benchmark.table({"loader": {**figures, "peak_rss_gib": 1.0}})
+    assert rows[0][:3] == ("loader", f"train.py's loader, {figures['workers']} workers",
+                           f"{figures['items_per_s']:.1f} items/s")
+
+
+def test_the_full_gpu_table_has_every_batch_precision_and_mode():
+    args = benchmark.parse_args(["--full"])
+    parts = benchmark.all_parts(args)
+    for precision in ("fp32", "tf32", "bf16"):
+        for mode, compiled in (("eager", False), ("compiled", True)):
+            for batch in (2, 32, 64):
+                function, settings, size = parts[f"train {precision} {mode} batch {batch}"]
+                assert (function, settings, size) == (benchmark.part_train_batch,
+                                                      {"precision": precision, "compile": compiled}, batch)
+            assert parts[f"train {precision} {mode} largest"][2] == 128  # searched from 128 on
+    assert {"test_py", "enhance", "eval_py", "loader", "bf16_peak", "train"} <= set(parts)
+    assert "train_largest" not in parts  # each setting has its own
