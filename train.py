@@ -38,6 +38,12 @@ from utils.checks import (ArgumentParser, add_precision_flags, check_paths, devi
                           folder_name, integer, number)
 
 
+def default_workers():
+    """Loader workers per process: the machine's CPUs over torchrun's processes on it, within 2..16 (they decode
+    JPEGs only; the resize runs on the device)."""
+    return max(2, min(16, (os.cpu_count() or 2) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
 def parse_args(argv=None):
     p = ArgumentParser(description="Train the Low-FaceNet enhancement network")
     # published flags
@@ -67,7 +73,8 @@ def parse_args(argv=None):
     p.add_argument("--vgg_checkpoint", default=None, help="local torchvision vgg16 file (default: torchvision's "
                    "ImageNet weights through its cache under TORCH_HOME)")
     p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--num_workers", type=integer(0), default=2)
+    p.add_argument("--num_workers", type=integer(0), default=default_workers(), help="loader processes per training "
+                   "process (default: the CPUs shared among torchrun's processes on this machine, 2 to 16)")
     p.add_argument("--seed", type=integer(0, 2 ** 32 - 1), default=1)
     p.add_argument("--log_every", type=integer(1), default=10, help="iterations between log lines")
     p.add_argument("--save_every", type=integer(1), default=500, help="iterations between resume points")
@@ -139,7 +146,7 @@ from nets.retinaface import load_retinaface  # noqa: E402
 from nets.vgg import load_vgg16  # noqa: E402
 from utils.checkpoint import CheckpointError, atomic_save, check_finite, read_checkpoint  # noqa: E402
 from utils import distributed  # noqa: E402
-from utils.data import TrainingDataGone, TrainSet  # noqa: E402
+from utils.data import TrainingDataGone, TrainSet, collate_training, training_batch  # noqa: E402
 from utils.face_database import load_encodings  # noqa: E402
 from utils.images import write_image  # noqa: E402
 from utils.metrics import brightness  # noqa: E402
@@ -440,7 +447,8 @@ def train(args, log, stop, rank, world, device):
         sampler.set_epoch(epoch)
         order = list(sampler)[start_batch * args.batch_size:]  # resumable mid-epoch
         loader = DataLoader(train_set, batch_size=args.batch_size, sampler=order, num_workers=args.num_workers,
-                            drop_last=True, pin_memory=device.type == "cuda", worker_init_fn=leave_signals_to_main)
+                            drop_last=True, pin_memory=device.type == "cuda", worker_init_fn=leave_signals_to_main,
+                            collate_fn=collate_training)
         correct = seen = 0
         monitor.reset(epoch)
         tic = time.time()
@@ -449,7 +457,7 @@ def train(args, log, stop, rank, world, device):
         batches = iter(loader)
         try:
             for it, batch in enumerate(batches, start=start_batch):
-                batch = [t.to(device, non_blocking=True) for t in batch]
+                batch = training_batch(batch, train_set.size, device)  # uint8 from the workers, resized here
                 train_step(model, objective, optimizer, batch, monitor, args.precision, it + 1)
                 done += 1
                 bar.update(args.batch_size * world)

@@ -22,8 +22,9 @@ Parts
   7 eval.py   eval.main on 256 face images (recognition, detection batched; 2048 on a GPU): images/s
   8 precision each --precision's pixels against the CPU's float32 result (levels of 255, max and mean) of the
               enhancement network on 8 images of 384x384 (--enhance_checkpoint's weights, else random ones)
-  9 loader    train.py's loader alone (TrainSet in a DataLoader with train.py's default --num_workers, batches of 8)
-              on 512x512 JPEGs and their parsing maps: items/s, per worker, and the bytes of one item
+  9 loader    train.py's loader alone (TrainSet in a DataLoader with train.py's default --num_workers, batches of 8,
+              resized on the device) on 512x512 JPEGs and their parsing maps: items/s, per worker, and the bytes of
+              one item as the workers send it
  10 --full    (a GPU's whole table, every part above and) the training step at batch 2, 32 and 64 and the largest
               that fits (128, 256, ... until one runs out of memory), in fp32, tf32 and bf16, eager and compiled,
               each in a process of its own: time per image, peak GPU memory, and the fraction of the GPU's dense bf16
@@ -129,7 +130,7 @@ import nets  # noqa: E402
 from utils.checks import PRECISIONS  # noqa: E402
 from utils.images import list_images, read_image, to_tensor, to_uint8, uint8_images, write_image  # noqa: E402
 from utils.runtime import (autocast as runtime_autocast, keep_freed_memory, median_seconds, resolve_device,  # noqa: E402
-                           set_precision, timed)
+                           set_precision, synchronize, timed)
 
 # -----------------------------------------------------------------------------
 # measuring
@@ -497,7 +498,7 @@ def part_loader(args, device, tmp, batch_size=8):
     import train
     from PIL import Image
     from torch.utils.data import DataLoader
-    from utils.data import TrainSet
+    from utils.data import TrainSet, collate_training, training_batch
     from utils.face_database import identity_of
     count, size, crop = (16, 128, 64) if args.quick else (256, 512, 384)
     root, rng = Path(tmp) / "LaPa-Face", np.random.default_rng(0)
@@ -514,11 +515,12 @@ def part_loader(args, device, tmp, batch_size=8):
                          str(Path(tmp) / "Contrast/low"))
     workers = train.parse_args([]).num_workers
     loader = DataLoader(train_set, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda",
-                        persistent_workers=workers > 0, drop_last=True)
+                        persistent_workers=workers > 0, drop_last=True, collate_fn=collate_training)
     for _ in loader:  # the workers start
         pass
     start = time.perf_counter()
-    items = sum(len(batch[2]) for batch in loader)
+    items = sum(len(training_batch(batch, crop, device)[2]) for batch in loader)  # resized on the device, as train.py
+    synchronize(device)
     t = time.perf_counter() - start
     item_bytes = sum(x.nbytes if isinstance(x, torch.Tensor) else 8 for x in train_set[0])
     return {"items": items, "image_size": f"{size}x{size}", "crop_size": crop, "workers": workers, "seconds": t,

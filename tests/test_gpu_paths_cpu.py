@@ -172,3 +172,31 @@ def test_the_full_gpu_table_has_every_batch_precision_and_mode():
             assert parts[f"train {precision} {mode} largest"][2] == 128  # searched from 128 on
     assert {"test_py", "enhance", "eval_py", "loader", "bf16_peak", "train"} <= set(parts)
     assert "train_largest" not in parts  # each setting has its own
+
+
+def test_training_items_travel_as_uint8_and_resize_on_the_device_as_published(tiny_dataset):
+    """The published loader resized each float image (bilinear, antialias) and int64 map (nearest) in the worker."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.transforms.functional import resize
+    from utils.data import collate_training, training_batch
+    from utils.images import read_image, to_tensor
+    root = tiny_dataset / "LaPa-Face"
+    files = list_images(root / "underexposed")[0]
+    train_set = TrainSet(str(root), sorted({identity_of(f) for f in files}), 100, str(tiny_dataset / "Contrast/high"),
+                         str(tiny_dataset / "Contrast/low"))
+    items = [train_set[i] for i in (0, 3, 4)]
+    assert items[0][0].dtype == items[0][1].dtype == torch.uint8  # 250x250x3 + 250x250 bytes, not 5 float maps
+    items[1] = (torch.from_numpy(read_image(str(root / "underexposed" / files[3]))[:201, :187].copy()),
+                items[1][1][:201, :187].clone(), *items[1][2:])  # another size in the same batch
+    low, seg, identities, pos, neg = training_batch(collate_training(items), 100, torch.device("cpu"))
+    assert low.shape == pos.shape == neg.shape == (3, 3, 100, 100) and seg.shape == (3, 100, 100)
+    assert seg.dtype == identities.dtype == torch.int64 and identities.tolist() == [it[2] for it in items]
+    for k, (image, labels) in enumerate((it[0], it[1]) for it in items):
+        expected = resize(to_tensor(image.numpy()), [100, 100], antialias=True).clamp_(0, 1)
+        assert torch.equal(low[k], expected), k
+        expected_labels = F.interpolate(labels.long()[None, None].float(), size=(100, 100), mode="nearest")[0, 0]
+        assert torch.equal(seg[k], expected_labels.long()), k
+    stem = files[0].rsplit(".", 1)[0]
+    with Image.open(root / "seg" / f"{stem}.png") as im:
+        assert torch.equal(items[0][1], torch.from_numpy(np.array(im)))
