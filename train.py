@@ -475,7 +475,10 @@ def train(args, log, stop, rank, world, device):
                         "train")
                     tic = time.time()
                 finished_epoch = it + 1 == iters_per_epoch
-                stopping = distributed.any_rank(bool(stop["signal"])) or (args.max_iters and done >= args.max_iters)
+                # under torchrun the ranks agree on a signal (a read of the device) at log lines and epoch ends only
+                agree = world == 1 or finished_epoch or (it + 1) % args.log_every == 0
+                stopping = (agree and distributed.any_rank(bool(stop["signal"]))) or \
+                    (args.max_iters and done >= args.max_iters)
                 if stopping or (not finished_epoch and (it + 1) % args.save_every == 0):
                     save_resume(epoch, it + 1)
                 if stopping:

@@ -200,3 +200,28 @@ def test_training_items_travel_as_uint8_and_resize_on_the_device_as_published(ti
     stem = files[0].rsplit(".", 1)[0]
     with Image.open(root / "seg" / f"{stem}.png") as im:
         assert torch.equal(items[0][1], torch.from_numpy(np.array(im)))
+
+
+def test_the_objective_sums_over_the_global_batch_in_eight_collectives(retinaface_weights, facenet_file, vgg_file,
+                                                                       monkeypatch):
+    """Under torchrun each global_sum is an all-reduce (and one more in the backward where gradient flows): the
+    means of a term travel stacked, 8 forward instead of 37."""
+    import nets.losses as losses
+    from nets.enhance import EnhanceNet
+    from nets.facenet import load_facenet
+    from nets.retinaface import load_retinaface
+    from nets.vgg import load_vgg16
+    calls = []
+    monkeypatch.setattr(losses, "global_sum", lambda x: calls.append(x.requires_grad) or x)
+    gen = torch.Generator().manual_seed(0)
+    database = F.normalize(torch.randn(5, 128, generator=gen), dim=1)
+    objective = losses.LowFaceNetObjective(load_vgg16(vgg_file), FaceRecognitionLoss(
+        load_retinaface(retinaface_weights), load_facenet(facenet_file), database))
+    low = torch.rand(2, 3, 64, 64, generator=gen) * 0.3
+    enhanced, illumination = EnhanceNet()(low)
+    total, terms, _ = objective(enhanced, illumination, low, torch.rand(2, 3, 64, 64, generator=gen),
+                                torch.rand(2, 3, 64, 64, generator=gen) * 0.3,
+                                torch.randint(0, 11, (2, 64, 64), generator=gen), torch.tensor([0, 3]))
+    # the segmentation loss's class statistics carry no gradient, nor does the face loss where no face is found
+    assert len(calls) == 8 and sum(calls) == 6
+    assert set(terms) == set(losses.WEIGHTS) and torch.isfinite(total)
