@@ -176,7 +176,8 @@ class FaceRecognitionLoss(nn.Module):
     steps that can also be called one by one: `detect` (without gradient, on enhanced * 255, one detector
     call per batch), `embed` (the biggest face of each image aligned from the enhanced tensor itself, all
     faces through the frozen FaceNet in one forward) and `loss`. An image without a face gets a row of zero
-    logits; the loss is the mean over the whole (global) batch.
+    logits; the loss is the mean over the whole (global) batch. forward(..., started) takes a detection queued
+    beforehand by `start_detect`.
     """
 
     def __init__(self, detector, facenet, database_encodings):
@@ -185,10 +186,16 @@ class FaceRecognitionLoss(nn.Module):
         self.facenet = facenet
         self.register_buffer("database", torch.as_tensor(database_encodings, dtype=torch.float32))
 
-    def detect(self, enhanced):
-        """The biggest face's detection row of each image, or None."""
+    def start_detect(self, enhanced):
+        """Queues the detection of `enhanced` (see FaceDetector.start) and returns at once: a handle for `detect`."""
         with torch.no_grad(), torch.autocast(enhanced.device.type, enabled=False):
-            return [biggest_face(d) for d in self.detector.detect(enhanced.detach().float() * 255)]
+            return self.detector.start(enhanced.detach().float() * 255)
+
+    def detect(self, enhanced, started=None):
+        """The biggest face's detection row of each image, or None; of the detection `started` (start_detect) when
+        given: the host waits for the device only there."""
+        started = self.start_detect(enhanced) if started is None else started
+        return [biggest_face(d) for d in self.detector.finish(started)]
 
     def embed(self, enhanced, rows):
         """(Kx128 FaceNet embeddings with gradient to `enhanced`, the K indices of the images with a face)."""
@@ -206,8 +213,8 @@ class FaceRecognitionLoss(nn.Module):
         picked = F.log_softmax(logits, 1).gather(1, labels[:, None].long())[:, 0]
         return global_mean(-picked), logits, mask
 
-    def forward(self, enhanced, labels):
-        return self.loss(*self.embed(enhanced, self.detect(enhanced)), labels)
+    def forward(self, enhanced, labels, started=None):
+        return self.loss(*self.embed(enhanced, self.detect(enhanced, started)), labels)
 
 
 @torch.no_grad()

@@ -155,7 +155,8 @@ class LowFaceNetObjective(nn.Module):
     Built once with the frozen VGG16 trunk and (optionally) the face-recognition loss; forward returns
     (total, terms, face_logits): terms maps each term name to its unweighted value (detached);
     face_logits is the BxN cosine-similarity matrix (zero rows where no face was found) or None.
-    forward is `features`, then `image_terms`, the face loss and `total`; they can also be called one by one.
+    forward starts the face detection, then runs `features`, `image_terms`, the face loss and `total`; they can also
+    be called one by one.
     """
 
     def __init__(self, vgg, face_loss=None, weights=WEIGHTS):
@@ -191,10 +192,14 @@ class LowFaceNetObjective(nn.Module):
         return sum(self.weights[k] * v for k, v in terms.items())
 
     def forward(self, enhanced, illumination, input, positives, negatives, seg_labels, face_labels=None):
+        face = self.face_loss is not None and face_labels is not None
+        # the face detection and its copy to the host are queued first: on a GPU the host runs NMS and the face
+        # choice while the device computes the VGG features and the image terms queued behind them
+        detecting = self.face_loss.start_detect(enhanced) if face else None
         features = self.features(enhanced, input, positives, negatives)
         terms = self.image_terms(enhanced, illumination, input, positives, negatives, seg_labels, features)
         face_logits = None
-        if self.face_loss is not None and face_labels is not None:
-            terms["face"], face_logits, _ = self.face_loss(enhanced, face_labels)
+        if face:
+            terms["face"], face_logits, _ = self.face_loss(enhanced, face_labels, detecting)
             face_logits = face_logits.detach()
         return self.total(terms), {k: v.detach() for k, v in terms.items()}, face_logits
