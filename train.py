@@ -261,9 +261,11 @@ def train_step(model, objective, optimizer, batch, monitor, precision="tf32", it
 
 
 def compile_step(model, objective, mode="default"):
-    """torch.compile the enhancement network (in place: its state dict keeps its keys) and the objective's image
-    terms (mostly elementwise work, which compiling fuses); the detector, FaceNet and the optimizer stay eager."""
+    """torch.compile the enhancement network (in place: its state dict keeps its keys), the objective's VGG taps and
+    its image terms (mostly elementwise work, which compiling fuses); the detector, FaceNet and the optimizer stay
+    eager (their shapes follow the faces found)."""
     model.compile(mode=mode)
+    objective.vgg = torch.compile(objective.vgg, mode=mode)  # a compiled wrapper: the VGG module itself stays eager
     objective.image_terms = torch.compile(objective.image_terms, mode=mode)
 
 
@@ -301,6 +303,9 @@ def main(argv=None):
     keep_freed_memory()
     seed_everything(args.seed)
     set_precision(args.precision)
+    # the shapes of a step are fixed (FaceNet's batch is padded to the batch on CUDA): cuDNN times its kernels once
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not args.deterministic
     deterministic = torch.are_deterministic_algorithms_enabled()
     if args.deterministic:  # on CUDA the face crops then take their deterministic path (nets.face_recognition)
         torch.use_deterministic_algorithms(True)
@@ -319,6 +324,7 @@ def main(argv=None):
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
         torch.use_deterministic_algorithms(deterministic)
+        torch.backends.cudnn.benchmark = benchmark
         distributed.cleanup()
 
 
@@ -423,8 +429,10 @@ def train(args, log, stop, rank, world, device):
     def validate(epoch):  # on rank 0, the weights after `epoch`; the training state stays exactly as it was
         if main_process:
             rng = rng_state()
+            fixed_shapes, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False  # sizes vary
             with torch.compiler.set_stance("force_eager"):  # --compile would recompile for each image size
                 measures, preview = validation(net, device, args.precision, args.preview_images, report=log)
+            torch.backends.cudnn.benchmark = fixed_shapes
             restore_rng(rng)
             best.update(epoch, measures, weights)
             step = (epoch + 1) * iters_per_epoch

@@ -316,6 +316,7 @@ def training_setup(args, device, tmp, batch_size=2):
                                     database)
     objective = LowFaceNetObjective(vgg, face_loss).to(device)
     layout = training_layout(device, args.precision == "bf16")
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as train.py: a step's shapes are fixed
     model = init_weights(EnhanceNet()).to(device, memory_format=layout).train()
     optimizer = train.make_optimizer(model, train.parse_args([]))
     photos = face_photos(args, tmp)

@@ -198,9 +198,14 @@ class FaceRecognitionLoss(nn.Module):
         return [biggest_face(d) for d in self.detector.finish(started)]
 
     def embed(self, enhanced, rows):
-        """(Kx128 FaceNet embeddings with gradient to `enhanced`, the K indices of the images with a face)."""
+        """(Kx128 FaceNet embeddings with gradient to `enhanced`, the K indices of the images with a face). On CUDA
+        the faces go through FaceNet padded with blank ones to the batch size, so that its shapes stay fixed
+        (cudnn.benchmark times its kernels once); FaceNet is in eval mode, so a face's embedding does not depend
+        on the others."""
         faces, found = align_faces(enhanced, rows)
-        return self.facenet(faces), found
+        if enhanced.is_cuda and len(faces) < len(enhanced):
+            faces = torch.cat([faces, faces.new_zeros(len(enhanced) - len(faces), *faces.shape[1:])])
+        return self.facenet(faces)[:len(found)], found
 
     def loss(self, embeddings, found, labels):
         """(loss, logits BxN, found B bool) from the embeddings of the images `found` of a batch of len(labels)."""
