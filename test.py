@@ -27,13 +27,16 @@ def parse_args(argv=None):
     p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--batch_size", type=integer(1), default=1, help="images of equal size enhanced together (1, as "
                    "published, is the fastest on CPUs; 4-16 on GPUs)")
-    p.add_argument("--num_workers", type=integer(0), default=2, help="image decoding threads")
+    p.add_argument("--num_workers", type=integer(0), default=max(2, (os.cpu_count() or 2) // 2),
+                   help="image decoding threads (default: half the CPUs, at least 2)")
     p.add_argument("--writers", type=integer(1), default=os.cpu_count() or 1, help="image encoding processes "
                    "(threads where processes cannot be forked: macOS, Windows)")
     p.add_argument("--tile", type=integer(1), default=512, help="images larger than tile x tile go through in tiles "
                    "(bounded memory: about 1.5 GiB at 512 on a CPU; the result does not depend on it)")
     add_precision_flags(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--fsync", action="store_true", help="flush each output file to disk before the next (slower; "
+                   "without it every file is still written whole under its name, atomically)")
     p.add_argument("--comparison_path", default=None, help="also write input | enhanced | normal pictures (PNG) here")
     p.add_argument("--normal_path", default=None, help="normal-light images for the pictures (default: the "
                    "input folder's sibling normal/, when there is one)")
@@ -88,18 +91,18 @@ class ImageFiles:
             return self.files[i], str(e)
 
 
-def save(enhanced, output=None, image=None, comparison=None, normal=None):
+def save(enhanced, output=None, image=None, comparison=None, normal=None, fsync=False):
     """Write the enhanced image (HxWx3 uint8) to `output` and the picture image | enhanced | normal (when the file
-    `normal` exists) to `comparison`, each unless None. Runs in the writer processes; returns a line for each file
-    that could not be written."""
+    `normal` exists) to `comparison`, each unless None (fsync: see utils.checkpoint.atomic_write). Runs in the
+    writer processes; returns a line for each file that could not be written."""
     errors = []
     for path in (p for p in (output, comparison) if p):
         try:
             if path == output:
-                write_image(enhanced, path)
+                write_image(enhanced, path, fsync)
             else:
                 write_image(side_by_side([image, enhanced] + ([read_image(normal)] if os.path.isfile(normal) else [])),
-                            path)
+                            path, fsync)
         except ImageReadError as e:
             errors.append(f"{path}: not written ({e})")
         except (OSError, ValueError) as e:
@@ -179,7 +182,7 @@ def main(argv=None):
             output = out(rel) if out(rel) in wanted[rel] else None
             comparison = picture(rel) if args.comparison_path and picture(rel) in wanted[rel] else None
             pending.append((rel, writer.submit(save, enhanced, output, image if comparison else None, comparison,
-                                               os.path.join(normal_dir, rel))))
+                                               os.path.join(normal_dir, rel), args.fsync)))
 
     written, in_flight = 0, deque()
     with writer, tqdm(total=len(todo), unit="img") as bar:

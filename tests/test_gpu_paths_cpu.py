@@ -225,3 +225,21 @@ def test_the_objective_sums_over_the_global_batch_in_eight_collectives(retinafac
     # the segmentation loss's class statistics carry no gradient, nor does the face loss where no face is found
     assert len(calls) == 8 and sum(calls) == 6
     assert set(terms) == set(losses.WEIGHTS) and torch.isfinite(total)
+
+
+def test_test_py_flushes_each_output_to_disk_only_with_fsync(tmp_path, monkeypatch):
+    import os
+    import numpy as np
+    from nets.enhance import EnhanceNet
+    from utils.images import write_image
+    torch.save(EnhanceNet().state_dict(), tmp_path / "w.pth")
+    for name in ("a.png", "b.jpg"):
+        write_image(np.full((20, 24, 3), 40, np.uint8), str(tmp_path / "in" / name))
+    monkeypatch.setattr(test_script.multiprocessing, "get_all_start_methods", lambda: ["spawn"])  # writer threads
+    flushed, fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: flushed.append(fd) or fsync(fd))
+    for extra, out in (([], "plain"), (["--fsync"], "flushed")):
+        assert test_script.main(["--underexposed_path", str(tmp_path / "in"), "--enhanced_path", str(tmp_path / out),
+                                 "--enhance_checkpoint", str(tmp_path / "w.pth"), "--device", "cpu", *extra]) == 0
+        assert sorted(os.listdir(tmp_path / out)) == ["a.png", "b.jpg"]
+        assert len(flushed) == (2 if extra else 0), extra

@@ -118,9 +118,10 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once, at import: os.umask can only be read by setting it
 
 
-def atomic_write(path, write):
+def atomic_write(path, write, fsync=True):
     """write(binary file object) into a hidden temporary file beside `path`, flush it to disk, then rename it
-    over `path`: a run killed at any point leaves the old file or the new one, never a broken one."""
+    over `path`: a run killed at any point leaves the old file or the new one, never a broken one. fsync=False
+    leaves the flush to disk to the system: a killed run still leaves no broken file, a system crash may."""
     path = str(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -130,7 +131,8 @@ def atomic_write(path, write):
             os.chmod(tmp, 0o666 & ~_UMASK)  # the permissions of a plain open(), not mkstemp's 0600
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -111,11 +111,11 @@ def to_uint8(tensor):
     return uint8_images(tensor).cpu().numpy()
 
 
-def write_image(array, path):
+def write_image(array, path, fsync=True):
     """Write an HxWx3 uint8 array with PIL (format from the extension, PIL's defaults as save_image), atomically:
-    a killed run never leaves a half-written image under an image name."""
+    a killed run never leaves a half-written image under an image name (fsync: see atomic_write)."""
     fmt = Image.registered_extensions()[os.path.splitext(path)[1].lower()]
-    atomic_write(path, lambda f: Image.fromarray(array).save(f, format=fmt))
+    atomic_write(path, lambda f: Image.fromarray(array).save(f, format=fmt), fsync)
 
 
 def side_by_side(images, gap=4):
