@@ -446,7 +446,7 @@ def part_train_largest(args, device, tmp, batch_size=4):
         finally:
             torch.cuda.empty_cache()
         batch_size *= 2
-    return best or {"error": f"batch {batch_size} does not fit"}
+    return best or {"skipped": f"batch {batch_size} does not fit (the largest that fits is below it)"}
 
 
 def part_eval_py(args, device, tmp):
