@@ -87,8 +87,8 @@ def parse_args(argv=None):
                    "reduce-overhead: CUDA graphs of them); off by default; the first steps then take minutes")
     p.add_argument("--memory_format", default="auto", choices=["auto", "channels_last", "contiguous"],
                    help="layout of the enhancement network in training; auto: the faster one on this device, timed "
-                   "at the start on a CPU, channels_last on CUDA (contiguous, the published one, with --deterministic); "
-                   "results do not depend on it")
+                   "at the start on a CPU, channels_last on CUDA (contiguous, the published one, with "
+                   "--deterministic); results do not depend on it")
     p.add_argument("--dist_timeout", type=integer(1), default=60, help="minutes a torchrun process waits for the "
                    "others (rank 0 builds the face database and validates alone) before the run ends")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels only (bit-reproducible runs "

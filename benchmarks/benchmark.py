@@ -525,7 +525,8 @@ def part_loader(args, device, tmp, batch_size=8):
     t = time.perf_counter() - start
     item_bytes = sum(x.nbytes if isinstance(x, torch.Tensor) else 8 for x in train_set[0])
     return {"items": items, "image_size": f"{size}x{size}", "crop_size": crop, "workers": workers, "seconds": t,
-            "items_per_s": items / t, "items_per_s_per_worker": items / t / max(1, workers), "bytes_per_item": item_bytes}
+            "items_per_s": items / t, "items_per_s_per_worker": items / t / max(1, workers),
+            "bytes_per_item": item_bytes}
 
 
 def part_bf16_peak(args, device, tmp):

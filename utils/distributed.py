@@ -20,7 +20,10 @@ def setup(device_name="auto", timeout_minutes=60):
     others wait at a barrier) ends the run."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return 0, 1, resolve_device(device_name)
+        device = resolve_device(device_name)
+        if device.type == "cuda" and device.index is not None:  # cuda:N: streams and events default to cuda:N
+            torch.cuda.set_device(device)
+        return 0, 1, device
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name)
     if device.type == "cuda":
