@@ -1,8 +1,9 @@
 """The CUDA paths on a GPU (every test is skipped on a machine without one; the multi-GPU test without two):
 
 - a training step (train.train_step: all losses, the face loss included) on CUDA in fp32, tf32 and bf16 against the
-  CPU's float32 step: the loss terms within a relative 1e-4 / 1e-2 / 3e-2, the clipped gradient of the enhancement
-  network within a cosine of 0.9999 / 0.999 / 0.99 and a norm within 0.1 % / 1 % / 5 %;
+  CPU's float32 step: the loss terms within a relative 1e-4 / 1e-2 / 3e-2, the gradient of the enhancement network
+  within a cosine of 0.9999 / 0.995 / 0.98 and a norm (before clipping) within 0.1 % / 1 % / 5 % (bf16 autocast on
+  the CPU: terms within 1.3e-3, cosine 0.9993);
 - test.py on CUDA writes the CPU's files: PNG pixels within 1 / 8 / 16 levels of 255 at most and 0.01 / 0.1 / 0.5
   on average in fp32 / tf32 / bf16 (the enhancement network in float32, TF32 convolutions, bf16 autocast);
 - train.py --deterministic runs on CUDA, twice to the same weights bit for bit, and a resumed run to the weights of
@@ -38,9 +39,10 @@ from conftest import ROOT
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda", 0)
 TERMS = {"fp32": 1e-4, "tf32": 1e-2, "bf16": 3e-2}  # relative difference of each loss term from the CPU's
-GRAD_COSINE = {"fp32": 0.9999, "tf32": 0.999, "bf16": 0.99}
+GRAD_COSINE = {"fp32": 0.9999, "tf32": 0.995, "bf16": 0.98}
 GRAD_NORM = {"fp32": 1e-3, "tf32": 1e-2, "bf16": 5e-2}
 PIXELS = {"fp32": (1, 0.01), "tf32": (8, 0.1), "bf16": (16, 0.5)}  # (max, mean) levels of 255
+CLIP = torch.nn.utils.clip_grad_norm_
 
 
 @pytest.fixture(autouse=True)
@@ -77,27 +79,31 @@ def _model_and_optimizer(device):
     return model, train.make_optimizer(model, train.parse_args([]))
 
 
-def _step(device, precision, objective, batch):
-    """(loss terms, faces found, clipped gradient) of one training step on `device` in `precision`."""
+def _step(device, precision, objective, batch, monkeypatch):
+    """(loss terms, faces found, gradient, its norm before clipping) of one training step on `device` in
+    `precision`."""
     set_precision(precision)
     model, optimizer = _model_and_optimizer(device)
     monitor = train.StepMonitor(device)
+    norms = []
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a: norms.append(CLIP(*a)) or norms[-1])
     _, _, terms, logits = train.train_step(model, objective, optimizer, batch, monitor, precision, 1)
     monitor.check()
     gradient = torch.cat([p.grad.flatten() for p in model.parameters()]).double().cpu()
-    return {k: v.item() for k, v in terms.items()}, (logits != 0).any(1).cpu(), gradient
+    return {k: v.item() for k, v in terms.items()}, (logits != 0).any(1).cpu(), gradient, norms[0].item()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
-def test_a_training_step_on_cuda_is_the_cpu_step(parts, precision):
-    cpu_terms, cpu_faces, cpu_gradient = _step(torch.device("cpu"), "fp32", *parts(torch.device("cpu")))
-    terms, faces, gradient = _step(CUDA, precision, *parts(CUDA))
+def test_a_training_step_on_cuda_is_the_cpu_step(parts, precision, monkeypatch):
+    cpu_terms, cpu_faces, cpu_gradient, cpu_norm = _step(torch.device("cpu"), "fp32", *parts(torch.device("cpu")),
+                                                         monkeypatch)
+    terms, faces, gradient, norm = _step(CUDA, precision, *parts(CUDA), monkeypatch)
     assert cpu_faces.any() and torch.equal(faces, cpu_faces)  # the same faces found, or the face terms differ
     for name, expected in cpu_terms.items():
         assert terms[name] == pytest.approx(expected, rel=TERMS[precision]), name
     cosine = torch.nn.functional.cosine_similarity(gradient, cpu_gradient, dim=0).item()
     assert cosine >= GRAD_COSINE[precision]
-    assert gradient.norm().item() == pytest.approx(cpu_gradient.norm().item(), rel=GRAD_NORM[precision])
+    assert norm == pytest.approx(cpu_norm, rel=GRAD_NORM[precision])
 
 
 def _images(folder, count=7):
