@@ -26,7 +26,7 @@ import nets.retinaface
 import test as test_script
 import train
 from nets.enhance import EnhanceNet, init_weights
-from nets.face_recognition import FaceRecognitionLoss
+from nets.face_recognition import FaceRecognitionLoss, align_faces
 from nets.facenet import load_facenet
 from nets.losses import LowFaceNetObjective
 from nets.retinaface import load_retinaface
@@ -236,3 +236,16 @@ def test_on_cuda_1_the_host_reads_the_copy_after_it_ends(test_py_folder):
             assert path.read_bytes() == (tmp_path / "cuda1" / path.name).read_bytes(), path.name
     finally:
         torch.cuda.set_device(0)
+
+
+def test_facenet_padded_to_the_batch_gives_the_embeddings_of_the_faces_alone(parts):
+    objective, (low, *_) = parts(CUDA)
+    face = objective.face_loss
+    rows = face.detect(low)
+    rows[1] = None  # an image without a face: FaceNet's batch is padded to 3 with a blank face
+    with torch.no_grad():
+        embeddings, found = face.embed(low, rows)
+        faces, _ = align_faces(low, rows)
+        alone = face.facenet(faces)
+    assert found == [0, 2] and embeddings.shape == alone.shape == (2, 128)
+    torch.testing.assert_close(embeddings, alone, rtol=0, atol=1e-5)
