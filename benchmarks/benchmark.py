@@ -25,11 +25,13 @@ Parts
   9 loader    train.py's loader alone (TrainSet in a DataLoader with train.py's default --num_workers, batches of 8,
               resized on the device) on 512x512 JPEGs and their parsing maps: items/s, per worker, and the bytes of
               one item as the workers send it
- 10 --full    (a GPU's whole table, every part above and) the training step at batch 2, 32 and 64 and the largest
+ 10 bf16_peak (CUDA) the GPU's dense bf16 peak: its data sheet's (BF16_PEAK_TFLOPS) and a bf16 matrix product of
+              8192x8192 timed here
+ 11 --full    every part above but train_largest, and the training step at batch 2, 32 and 64 and the largest
               that fits (128, 256, ... until one runs out of memory), in fp32, tf32 and bf16, eager and compiled,
               each in a process of its own: time per image, peak GPU memory, and the fraction of the GPU's dense bf16
-              peak (its data sheet's figure where the GPU is known, else a bf16 matrix product timed here); about an
-              hour on one GPU, most of it compiling
+              peak (part 10: the data sheet's where the GPU is known, else the matrix product's); about an hour on
+              one GPU, most of it compiling; the other parts in --precision
 
 FLOPs are counted by forward hooks on every nn.Conv2d and nn.Linear (FlopCounter): a call's forward is 2 x its
 multiply-adds (output elements x input channels per group x kernel area; output elements x input features);
