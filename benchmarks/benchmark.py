@@ -716,6 +716,9 @@ def main(argv=None):
         device = resolve_device(args.device)
     except ValueError as e:
         sys.exit(f"error: {e}")
+    if args.full and device.type != "cuda" and not args.quick:
+        sys.exit(f"error: --full measures a GPU's table (training steps up to batch 64 and beyond, compiled), hours "
+                 f"on {device}; run the default parts there (or --full --quick, a smoke run)")
     if args.test_batch is None:
         args.test_batch = 16 if device.type == "cuda" else 1
     results = {}

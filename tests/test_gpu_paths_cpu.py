@@ -243,3 +243,9 @@ def test_test_py_flushes_each_output_to_disk_only_with_fsync(tmp_path, monkeypat
                                  "--enhance_checkpoint", str(tmp_path / "w.pth"), "--device", "cpu", *extra]) == 0
         assert sorted(os.listdir(tmp_path / out)) == ["a.png", "b.jpg"]
         assert len(flushed) == (2 if extra else 0), extra
+
+
+def test_the_full_gpu_table_is_refused_on_a_cpu_in_one_line():
+    with pytest.raises(SystemExit) as stop:
+        benchmark.main(["--full", "--device", "cpu"])
+    assert str(stop.value.code).startswith("error: --full measures a GPU's table")
