@@ -11,6 +11,7 @@
 - under torch.cuda.set_sync_debug_mode("error") the training step and test.py's loop make the host wait for the
   device only at the one documented copy: the face detections' copy to the host per step (nets.retinaface), the
   enhanced batch's copy per batch (utils.runtime.start_to_host's wait);
+- FaceNet's batch padded to the batch size (fixed shapes for cudnn.benchmark) gives the faces' own embeddings;
 - on cuda:1 start_to_host waits for the copy on that device, and test.py --device cuda:1 writes cuda:0's files.
 """
 import os
