@@ -36,7 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--batch_size", type=integer(1), default=1, help="images of equal size enhanced together (1, as "
                    "published, is the fastest on CPUs; 4-16 on GPUs)")
-    p.add_argument("--num_workers", type=integer(0), default=2, help="image decoding threads")
+    p.add_argument("--num_workers", type=integer(0), default=max(2, (os.cpu_count() or 2) // 2),
+                   help="image decoding threads (default: half the CPUs, at least 2)")
     p.add_argument("--writers", type=integer(1), default=os.cpu_count() or 1, help="image encoding processes "
                    "(threads where processes cannot be forked: macOS, Windows; on a CPU, images larger than a tile "
                    "are encoded by one thread of the main process, which needs no copy of them)")
@@ -50,6 +51,8 @@ def parse_args(argv=None):
     add_precision_flags(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files, also in a folder "
                    "made with other weights or settings (its record, .made_by.json, says which)")
+    p.add_argument("--fsync", action="store_true", help="flush each output file to disk before the next (slower; "
+                   "without it every file is still written whole under its name, atomically)")
     p.add_argument("--comparison_path", default=None, help="also write input | enhanced | normal pictures (PNG) here")
     p.add_argument("--normal_path", default=None, help="normal-light images for the pictures (default: the "
                    "input folder's sibling normal/, when there is one)")
@@ -147,18 +150,19 @@ class ImageFiles:
             return self.files[i], str(e)
 
 
-def save(enhanced, output=None, image=None, comparison=None, normal=None, alpha=None, temporary=".tmp-"):
+def save(enhanced, output=None, image=None, comparison=None, normal=None, alpha=None, temporary=".tmp-", fsync=False):
     """Write the enhanced image (HxWx3 uint8; with `alpha`, the input's, as RGBA) to `output` and the picture
     image | enhanced | normal (when the file `normal` exists) to `comparison`, each unless None, through temporary
-    files whose names start with `temporary`. Runs in the writers; returns a line per file not written."""
+    files whose names start with `temporary` (fsync: see utils.checkpoint.atomic_write). Runs in the writers;
+    returns a line per file not written."""
     errors = []
     for path in (p for p in (output, comparison) if p):
         try:
             if path == output:
-                write_image(enhanced if alpha is None else np.dstack([enhanced, alpha]), path, temporary)
+                write_image(enhanced if alpha is None else np.dstack([enhanced, alpha]), path, temporary, fsync)
             else:
                 write_image(side_by_side([image, enhanced] + ([read_image(normal)] if os.path.isfile(normal) else [])),
-                            path, temporary)
+                            path, temporary, fsync)
         except ImageReadError as e:
             errors.append(f"{path}: not written ({e})")
         except (OSError, ValueError) as e:
@@ -167,9 +171,9 @@ def save(enhanced, output=None, image=None, comparison=None, normal=None, alpha=
 
 
 def writer_pool(workers):
-    """Encoders of the output images: processes, forked before the reading threads start, where the system forks
-    (PIL's encoders stopped scaling at one thread), else threads. The processes leave Ctrl-C to the main one, which
-    lets the images being written finish."""
+    """Encoders of the output images: processes, forked before the device and the reading threads start, where the
+    system forks (PIL's encoders stopped scaling at one thread), else threads. The processes leave Ctrl-C to the
+    main one, which lets the images being written finish."""
     if "fork" not in multiprocessing.get_all_start_methods():
         return ThreadPoolExecutor(workers)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=signal.signal,
@@ -200,13 +204,12 @@ def main(argv=None):
     args = parse_args(argv)
     check_args(args)
     escape_unprintable_names()
-    device = start_device(args.device, args.precision)
     files, passed_over = list_images(args.underexposed_path, say=print)
     if not files:
         sys.exit(f"error: no images found in {args.underexposed_path}")
     keep_freed_memory()
-    try:
-        model = nets.load("enhance", args.enhance_checkpoint, device)
+    try:  # on the host: its hash names what made the output folders; the device starts after the writers fork
+        model = nets.load("enhance", args.enhance_checkpoint)
     except CheckpointError as e:
         sys.exit(f"error: {e}")
     failed, failed_images = [], set()
@@ -244,12 +247,16 @@ def main(argv=None):
               for rel, paths in asked.items()}
     todo = [rel for rel in files if wanted[rel]]
     existing = len(files) - len(todo)
+    # the writer processes fork before the device starts (a process forked after CUDA starts cannot use it) and
+    # before the reading threads start
+    writer = writer_pool(max(1, min(args.writers, len(todo))))
+    device = start_device(args.device, args.precision)
+    model = model.to(device)
     print(f"weights: {args.enhance_checkpoint}")
     print(f"enhancing {len(todo)} images from {args.underexposed_path} into {args.enhanced_path} on {device}"
           + (f" ({existing} already there, kept; --overwrite replaces them)" if existing else ""))
 
     # ------------------------------------------------ enhance, and write in the writers as each batch comes back
-    writer = writer_pool(max(1, min(args.writers, len(todo))))  # before the reading threads start
     tiled_writer = ThreadPoolExecutor(1)  # on a CPU, images in tiles: no copy to a writer process (3 bytes a pixel)
     temporary = f".tmp-test-{os.getpid()}-"  # this run's temporary files: a writer killed leaves one behind
     memory = memory_bytes()  # --max_pixels 0: what it holds (where it cannot be known, Pillow's limit)
@@ -281,7 +288,7 @@ def main(argv=None):
             pool = tiled_writer if device.type == "cpu" and max(enhanced.shape[:2]) > args.tile else writer
             pending.append((rel, [p for p in (output, comparison) if p], pool.submit(
                 save, enhanced, output, image if comparison else None, comparison, os.path.join(normal_dir, rel),
-                alpha, temporary)))
+                alpha, temporary, args.fsync)))
 
     tile_bar = None
 

@@ -49,6 +49,12 @@ from utils.checks import (ArgumentParser, add_precision_flags, check_checkpoints
                           escape_unprintable_names, folder_name, integer, number)
 
 
+def default_workers():
+    """Loader workers per process: the machine's CPUs over torchrun's processes on it, within 2..16 (they decode
+    JPEGs only; the resize runs on the device)."""
+    return max(2, min(16, (os.cpu_count() or 2) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__)
     # published flags
@@ -89,7 +95,8 @@ def parse_args(argv=None):
     p.add_argument("--vgg_checkpoint", default=None, help="local torchvision vgg16 file (default: torchvision's "
                    "ImageNet weights through its cache under TORCH_HOME)")
     p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--num_workers", type=integer(0), default=2, help="DataLoader worker processes")
+    p.add_argument("--num_workers", type=integer(0), default=default_workers(), help="loader processes per training "
+                   "process (default: the CPUs shared among torchrun's processes on this machine, 2 to 16)")
     p.add_argument("--seed", type=integer(0, 2 ** 32 - 1), default=1, help="seeds weights, data order and contrastive "
                    "samples")
     p.add_argument("--log_every", type=integer(1), default=10, help="iterations between log lines (and the last, "
@@ -104,7 +111,10 @@ def parse_args(argv=None):
                    "reduce-overhead: CUDA graphs of them); off by default; the first steps then take minutes")
     p.add_argument("--memory_format", default="auto", choices=["auto", "channels_last", "contiguous"],
                    help="layout of the enhancement network in training; auto: the faster one on this device, timed "
-                   "at the start (contiguous, the published one, with --deterministic); results do not depend on it")
+                   "at the start on a CPU, channels_last on CUDA (contiguous, the published one, with "
+                   "--deterministic); results do not depend on it")
+    p.add_argument("--dist_timeout", type=integer(1), default=60, help="minutes a torchrun process waits for the "
+                   "others (rank 0 builds the face database and validates alone) before the run ends")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels only (bit-reproducible runs "
                    "and resumes on one device; slower on CUDA)")
     p.add_argument("--val_dataset", default=None, help="validate on DATASET_ROOT/NAME/{underexposed,normal} every "
@@ -215,7 +225,7 @@ from nets.retinaface import load_retinaface  # noqa: E402
 from nets.vgg import load_vgg16  # noqa: E402
 from utils.checkpoint import CheckpointError, WriteError, atomic_save, check_finite, read_checkpoint  # noqa: E402
 from utils import distributed  # noqa: E402
-from utils.data import TrainingDataGone, TrainSet  # noqa: E402
+from utils.data import TrainingDataGone, TrainSet, collate_training, training_batch  # noqa: E402
 from utils.face_database import load_encodings  # noqa: E402
 from utils.images import write_image  # noqa: E402
 from utils.metrics import brightness  # noqa: E402
@@ -336,9 +346,11 @@ def train_step(model, objective, optimizer, batch, monitor, precision="tf32", it
 
 
 def compile_step(model, objective, mode="default"):
-    """torch.compile the enhancement network (in place: its state dict keeps its keys) and the objective's image
-    terms (mostly elementwise work, which compiling fuses); the detector, FaceNet and the optimizer stay eager."""
+    """torch.compile the enhancement network (in place: its state dict keeps its keys), the objective's VGG taps and
+    its image terms (mostly elementwise work, which compiling fuses); the detector, FaceNet and the optimizer stay
+    eager (their shapes follow the faces found)."""
     model.compile(mode=mode)
+    objective.vgg = torch.compile(objective.vgg, mode=mode)  # a compiled wrapper: the VGG module itself stays eager
     objective.image_terms = torch.compile(objective.image_terms, mode=mode)
 
 
@@ -365,17 +377,22 @@ def main(argv=None):
     args = parse_args(argv)
     check_args(args)
     escape_unprintable_names()
+    if args.deterministic:  # read when cuBLAS starts: before anything touches the device
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
     try:  # first of all: a device this machine lacks is a one-line error
         rank, world, device = distributed.setup(
-            f"cuda:{args.gpu_id}" if args.gpu_id is not None and args.device == "auto" else args.device)
+            f"cuda:{args.gpu_id}" if args.gpu_id is not None and args.device == "auto" else args.device,
+            args.dist_timeout)
     except ValueError as e:
         sys.exit(f"error: {e}")
     keep_freed_memory()
     seed_everything(args.seed)
     set_precision(args.precision)
+    # the shapes of a step are fixed (FaceNet's batch is padded to the batch on CUDA): cuDNN times its kernels once
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not args.deterministic
     deterministic = torch.are_deterministic_algorithms_enabled()
-    if args.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
+    if args.deterministic:  # on CUDA the face crops then take their deterministic path (nets.face_recognition)
         torch.use_deterministic_algorithms(True)
     log = Log(args.log_path, main=rank == 0)
     stop = Signals()
@@ -399,6 +416,7 @@ def main(argv=None):
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
         torch.use_deterministic_algorithms(deterministic)
+        torch.backends.cudnn.benchmark = benchmark
         distributed.cleanup()
 
 
@@ -423,8 +441,8 @@ def train(args, log, stop, rank, world, device):
                     args.encoding_root, args.dataset_name, detector, facenet, device)
                 train_set = TrainSet(data_dir, names, args.crop_size, args.contrast_positive_path,
                                      args.contrast_negative_path, args.seed)
-                unreadable = train_set.unreadable() if main_process else []
             distributed.barrier()
+        unreadable = distributed.gather(train_set.unreadable(rank, world))  # each rank checks its share of the files
         if validation and main_process:  # rank 0 alone validates
             validation.load_face_database(args.database_root, args.encoding_root, detector, facenet, device)
         vgg = load_vgg16(args.vgg_checkpoint, device)
@@ -535,7 +553,10 @@ def train(args, log, stop, rank, world, device):
     def validate(epoch):  # on rank 0, the weights after `epoch`; the training state stays exactly as it was
         if main_process:
             rng = rng_state()
-            measures, preview = validation(net, device, args.precision, args.preview_images, report=log)
+            fixed_shapes, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False  # sizes vary
+            with torch.compiler.set_stance("force_eager"):  # --compile would recompile for each image size
+                measures, preview = validation(net, device, args.precision, args.preview_images, report=log)
+            torch.backends.cudnn.benchmark = fixed_shapes
             restore_rng(rng)
             best.update(epoch, measures, weights)
             step = (epoch + 1) * iters_per_epoch
@@ -559,7 +580,8 @@ def train(args, log, stop, rank, world, device):
         sampler.set_epoch(epoch)
         order = list(sampler)[start_batch * args.batch_size:]  # resumable mid-epoch
         loader = DataLoader(train_set, batch_size=args.batch_size, sampler=order, num_workers=args.num_workers,
-                            drop_last=True, pin_memory=device.type == "cuda", worker_init_fn=leave_signals_to_main)
+                            drop_last=True, pin_memory=device.type == "cuda", worker_init_fn=leave_signals_to_main,
+                            collate_fn=collate_training)
         correct = seen = 0
         monitor.reset(epoch)
         tic = time.time()
@@ -568,7 +590,7 @@ def train(args, log, stop, rank, world, device):
         batches = iter(loader)
         try:
             for it, batch in enumerate(batches, start=start_batch):
-                batch = [t.to(device, non_blocking=True) for t in batch]
+                batch = training_batch(batch, train_set.size, device)  # uint8 from the workers, resized here
                 train_step(model, objective, optimizer, batch, monitor, args.precision, it + 1)
                 done += 1
                 bar.update(args.batch_size * world)
@@ -586,7 +608,9 @@ def train(args, log, stop, rank, world, device):
                         "lr": optimizer.param_groups[0]["lr"], "images_per_s": n * args.batch_size * world / seconds},
                         "train")
                     tic = time.time()
-                stopping = stop_requested() or (args.max_iters and done >= args.max_iters)
+                # under torchrun the ranks agree on a signal (a read of the device) at log lines and epoch ends only
+                agree = world == 1 or finished_epoch or (it + 1) % args.log_every == 0
+                stopping = (agree and stop_requested()) or (args.max_iters and done >= args.max_iters)
                 if stopping or (not finished_epoch and (it + 1) % args.save_every == 0):
                     save_resume(epoch, it + 1)
                 if stopping:

@@ -4,6 +4,7 @@
     python benchmarks/benchmark.py --quick                           # smoke run: small sizes, one repeat
     python benchmarks/benchmark.py --device cuda --precision bf16 --json benchmarks/cuda.json   # (--amp: the same)
     python benchmarks/benchmark.py --device cuda --precision tf32 --compile --json benchmarks/cuda_tf32.json
+    python benchmarks/benchmark.py --device cuda --full --json benchmarks/results_cuda.json   # the whole GPU table
 
 Parts
   0 model     the enhancement network's size: parameters, and FLOPs of one forward at 384x384 and 1024x1024 (counted
@@ -13,8 +14,9 @@ Parts
   2 enhance   the enhancement network alone (inference, nets.enhance.enhance) at 384x384 and 1024x1024, and in
               batches of --test_batch at 384x384
   3 test.py   test.main on a folder of JPEGs of 384x384 (64; 1024 on a GPU) in batches of --test_batch (1 on the CPU,
-              16 on a GPU): images/s, and the ratio to part 2's rate at that batch size, which is timed again beside
-              each of the three runs (a shared machine's speed drifts over minutes)
+              16 on a GPU), the model loaded beforehand (its loading is not timed): images/s, and the ratio to part
+              2's rate at that batch size, which is timed again beside each of the three runs (a shared machine's
+              speed drifts over minutes)
   4 large     a 4096x4096 and a 6000x4000 image through enhance() in test.py's tiles (512, halo 11): time, peak memory
   5 train     one training step (batch 2, 384x384, all losses, train.py's train_step): time, images/s, peak memory,
               a breakdown into parts and the roofline efficiency = the step's FLOPs / step time / ceiling
@@ -22,6 +24,16 @@ Parts
   7 eval.py   eval.main on 256 face images (recognition, detection batched; 2048 on a GPU): images/s
   8 precision each --precision's pixels against the CPU's float32 result (levels of 255, max and mean) of the
               enhancement network on 8 images of 384x384 (--enhance_checkpoint's weights, else random ones)
+  9 loader    train.py's loader alone (TrainSet in a DataLoader with train.py's default --num_workers, batches of 8,
+              resized on the device) on 512x512 JPEGs and their parsing maps: items/s, per worker, and the bytes of
+              one item as the workers send it
+ 10 bf16_peak (CUDA) the GPU's dense bf16 peak: its data sheet's (BF16_PEAK_TFLOPS) and a bf16 matrix product of
+              8192x8192 timed here
+ 11 --full    every part above but train_largest, and the training step at batch 2, 32 and 64 and the largest
+              that fits (128, 256, ... until one runs out of memory), in fp32, tf32 and bf16, eager and compiled,
+              each in a process of its own: time per image, peak GPU memory, and the fraction of the GPU's dense bf16
+              peak (part 10: the data sheet's where the GPU is known, else the matrix product's); about an hour on
+              one GPU, most of it compiling; the other parts in --precision
 
 FLOPs are counted by forward hooks on every nn.Conv2d and nn.Linear (FlopCounter): a call's forward is 2 x its
 multiply-adds (output elements x input channels per group x kernel area; output elements x input features);
@@ -60,7 +72,11 @@ from utils.checks import ArgumentParser, add_precision_flags, device_name, integ
 TEST_RETINAFACE = ROOT / "tests" / "weights" / "Retinaface_mobilenet0.25.pth"  # the published detector
 ENHANCE_MACS_PER_PIXEL = 458_928
 PART_NAMES = ("model", "ceiling", "enhance", "test_py", "large", "large_4096x4096", "large_6000x4000", "train",
-              "train_largest", "eval_py", "precision")
+              "train_largest", "eval_py", "precision", "loader", "bf16_peak")
+FULL_BATCHES = (2, 32, 64)  # --full: the published batch and the batches of the GPU target
+# dense bf16 tensor-core peaks of the data sheets, TFLOP/s, by a part of the GPU's name (the first that matches)
+BF16_PEAK_TFLOPS = (("H100 PCIe", 756), ("H100 NVL", 835), ("H100", 989), ("H200", 989), ("GH200", 989),
+                    ("B200", 2250), ("A100", 312), ("L40S", 362), ("L4", 121), ("A10", 125), ("RTX 4090", 165))
 
 
 def part_names(text):
@@ -85,8 +101,10 @@ def parse_args(argv=None):
     p.add_argument("--repeat", type=integer(1), default=None, help="timed repeats of the short parts (the median is "
                    "reported; default 5, 1 with --quick)")
     p.add_argument("--parts", type=part_names,
-                   default="model,ceiling,enhance,test_py,large,train,train_largest,eval_py,precision",
+                   default="model,ceiling,enhance,test_py,large,train,train_largest,eval_py,precision,loader",
                    help="comma-separated subset")
+    p.add_argument("--full", action="store_true", help="the whole GPU table in one run: every part, and the training "
+                   "step at batch 2, 32, 64 and the largest that fits in fp32, tf32 and bf16, eager and compiled")
     p.add_argument("--retinaface_checkpoint", default="checkpoint/Retinaface_mobilenet0.25.pth", help="the detector "
                    "(the published copy in tests/weights/ where this file is absent)")
     p.add_argument("--facenet_checkpoint", default="checkpoint/facenet_mobilenet.pth", help="FaceNet (seeded random "
@@ -118,7 +136,7 @@ import nets  # noqa: E402
 from utils.checks import PRECISIONS  # noqa: E402
 from utils.images import list_images, read_image, to_tensor, to_uint8, uint8_images, write_image  # noqa: E402
 from utils.runtime import (autocast as runtime_autocast, keep_freed_memory, median_seconds, resolve_device,  # noqa: E402
-                           set_precision, timed)
+                           set_precision, synchronize, timed)
 
 # -----------------------------------------------------------------------------
 # measuring
@@ -149,6 +167,17 @@ class FlopCounter:
 
 def autocast(args, device):
     return runtime_autocast(device, args.precision)
+
+
+@contextlib.contextmanager
+def replaced(owner, name, value):
+    """owner.name is `value` inside the block."""
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
 
 
 @contextlib.contextmanager
@@ -259,12 +288,13 @@ def part_test_py(args, device, tmp):
     checkpoint = os.path.join(tmp, "enhance.pth")
     torch.save(model.state_dict(), checkpoint)
     x = torch.rand(args.test_batch, 3, size, size, device=device)
+    loaded = nets.load("enhance", checkpoint, device)
     runs, ratios = [], []
     for run in range(1 if args.quick else 3):
         argv = ["--underexposed_path", os.path.join(tmp, "in"), "--enhanced_path", os.path.join(tmp, f"out{run}"),
                 "--enhance_checkpoint", checkpoint, "--device", str(device), "--precision", args.precision,
                 "--batch_size", str(args.test_batch)]
-        with quiet():
+        with quiet(), replaced(nets, "load", lambda *_: loaded):  # the model's loading is not timed
             code, t = timed(lambda: test_script.main(argv), device)
         assert code == 0 and len(list_images(os.path.join(tmp, f"out{run}"))[0]) == count
         with autocast(args, device):  # part 2 again, beside each run: a shared machine's speed drifts in minutes
@@ -303,6 +333,7 @@ def training_setup(args, device, tmp, batch_size=2):
                                     database)
     objective = LowFaceNetObjective(vgg, face_loss).to(device)
     layout = training_layout(device, args.precision == "bf16")
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as train.py: a step's shapes are fixed
     model = init_weights(EnhanceNet()).to(device, memory_format=layout).train()
     optimizer = train.make_optimizer(model, train.parse_args([]))
     photos = face_photos(args, tmp)
@@ -396,20 +427,43 @@ def part_train(args, device, tmp):
     return train_figures(args, device, tmp, 2, parts=True)
 
 
-def part_train_largest(args, device, tmp):
-    """The training step at the largest batch that fits: 4, 8, 16, ... until one runs out of the GPU's memory."""
+def out_of_memory(error):
+    """Whether `error` is the device running out of memory, also where it arrives wrapped: under torch.compile as
+    BackendCompilerFailed (or another error) whose cause is torch.OutOfMemoryError, or as a cuDNN or cuBLAS
+    RuntimeError whose message says so (CUDNN_STATUS_ALLOC_FAILED, CUBLAS_STATUS_ALLOC_FAILED)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = str(error).lower()
+        if isinstance(error, torch.OutOfMemoryError) or isinstance(error, RuntimeError) and (
+                "out of memory" in text or "alloc_failed" in text):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def part_train_batch(args, device, tmp, batch_size):
+    """The training step at `batch_size` (--full)."""
+    return train_figures(args, device, tmp, batch_size)
+
+
+def part_train_largest(args, device, tmp, batch_size=4):
+    """The training step at the largest batch that fits: batch_size, twice that, ... until one runs out of the GPU's
+    memory."""
     if device.type != "cuda":
         return {"skipped": "on CUDA only (a CPU's memory holds batches far beyond useful ones)"}
-    best, batch_size = None, 4
-    while batch_size <= (8 if args.quick else 1024):
+    best, last = None, batch_size * 2 if args.quick else 1024
+    while batch_size <= last:
         try:
             best = train_figures(args, device, tmp, batch_size)
-        except torch.OutOfMemoryError:
+        except Exception as e:
+            if not out_of_memory(e):
+                raise
             break
         finally:
             torch.cuda.empty_cache()
         batch_size *= 2
-    return best or {"error": "batch 4 does not fit"}
+    return best or {"skipped": f"batch {batch_size} does not fit (the largest that fits is below it)"}
 
 
 def part_eval_py(args, device, tmp):
@@ -457,6 +511,52 @@ def part_precision(args, device, tmp, count=8):
     set_precision(args.precision)
     return out
 
+def part_loader(args, device, tmp, batch_size=8):
+    """Part 9: train.py's loader alone, with its default workers: items/s over a second pass (the workers started)."""
+    import train
+    from PIL import Image
+    from torch.utils.data import DataLoader
+    from utils.data import TrainSet, collate_training, training_batch
+    from utils.face_database import identity_of
+    count, size, crop = (16, 128, 64) if args.quick else (256, 512, 384)
+    root, rng = Path(tmp) / "LaPa-Face", np.random.default_rng(0)
+    for i in range(count):
+        name = f"person{i % 16:02d}_{i:04d}"
+        write_image(random_image(rng, size, size), str(root / "underexposed" / f"{name}.jpg"))
+        (root / "seg").mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 11, (size, size), dtype=np.uint8)).save(root / "seg" / f"{name}.png")
+        if i < 16:
+            for side in ("high", "low"):
+                write_image(random_image(rng, size, size), str(Path(tmp) / "Contrast" / side / f"{name}.jpg"))
+    files = list_images(str(root / "underexposed"))[0]
+    train_set = TrainSet(str(root), sorted({identity_of(f) for f in files}), crop, str(Path(tmp) / "Contrast/high"),
+                         str(Path(tmp) / "Contrast/low"))
+    workers = train.parse_args([]).num_workers
+    loader = DataLoader(train_set, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda",
+                        persistent_workers=workers > 0, drop_last=True, collate_fn=collate_training)
+    for _ in loader:  # the workers start
+        pass
+    start = time.perf_counter()
+    items = sum(len(training_batch(batch, crop, device)[2]) for batch in loader)  # resized on the device, as train.py
+    synchronize(device)
+    t = time.perf_counter() - start
+    item_bytes = sum(x.nbytes if isinstance(x, torch.Tensor) else 8 for x in train_set[0])
+    return {"items": items, "image_size": f"{size}x{size}", "crop_size": crop, "workers": workers, "seconds": t,
+            "items_per_s": items / t, "items_per_s_per_worker": items / t / max(1, workers),
+            "bytes_per_item": item_bytes}
+
+
+def part_bf16_peak(args, device, tmp):
+    """The GPU's bf16 peak: its data sheet's (BF16_PEAK_TFLOPS) and a bf16 matrix product of 8192^2 timed here."""
+    if device.type != "cuda":
+        return {"skipped": "on CUDA only"}
+    n = 1024 if args.quick else 8192
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    t = median_seconds(lambda: a @ b, device, max(args.repeat, 20))
+    name = torch.cuda.get_device_name(device)
+    sheet = next((peak for part, peak in BF16_PEAK_TFLOPS if part in name), None)
+    return {"gpu": name, "matmul_size": n, "matmul_tflops": 2 * n ** 3 / t / 1e12, "sheet_tflops": sheet}
+
 # -----------------------------------------------------------------------------
 # one process per part
 
@@ -474,8 +574,13 @@ def run_part(name, args):
     of the machine's CPUs that other processes used meanwhile (a disturbed measurement shows)."""
     keep_freed_memory()
     device = resolve_device(args.device)
+    function, *extra = all_parts(args)[name]
+    if isinstance(extra[0] if extra else None, dict):  # --full's settings of this part
+        args = argparse.Namespace(**{**vars(args), **extra.pop(0)})
+        result_settings = {"precision": args.precision, "compile": args.compile}
+    else:
+        result_settings = {}
     set_precision(args.precision)
-    function, *extra = PARTS[name]
     machine_start, own_start, start = *cpu_seconds(), time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -484,6 +589,7 @@ def run_part(name, args):
             result = {"error": f"{type(e).__name__}: {e}"}
     machine_end, own_end = cpu_seconds()
     others = (machine_end - machine_start) - (own_end - own_start)
+    result.update(result_settings)
     result["others_cpu_share"] = max(0.0, others / ((time.perf_counter() - start) * os.cpu_count()))
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin"
                                                                                     else 1024) / 2 ** 30
@@ -495,7 +601,30 @@ def run_part(name, args):
 PARTS = {"model": (part_model,), "ceiling": (part_ceiling,), "enhance": (part_enhance,), "test_py": (part_test_py,),
          "large_4096x4096": (part_large, 4096, 4096), "large_6000x4000": (part_large, 4000, 6000),
          "train": (part_train,), "train_largest": (part_train_largest,), "eval_py": (part_eval_py,),
-         "precision": (part_precision,)}
+         "precision": (part_precision,), "loader": (part_loader,), "bf16_peak": (part_bf16_peak,)}
+
+
+def full_parts(args):
+    """--full's training steps: {name: (function, settings, batch size)} for each precision, eager and compiled, at
+    FULL_BATCHES and the largest batch that fits (from twice the last of them on; quick: batches 1 and 2)."""
+    batches = (1, 2) if args.quick else FULL_BATCHES
+    parts = {}
+    for precision in PRECISIONS:
+        for compiled in (False, True):
+            settings = {"precision": precision, "compile": compiled}
+            kind = f"train {precision} {'compiled' if compiled else 'eager'}"
+            for batch_size in batches:
+                parts[f"{kind} batch {batch_size}"] = (part_train_batch, settings, batch_size)
+            parts[f"{kind} largest"] = (part_train_largest, settings, 2 * batches[-1])
+    return parts
+
+
+def all_parts(args):
+    """The parts this run measures, in order: --parts, or with --full every part and full_parts."""
+    if args.full:  # the largest batch of each setting is among full_parts
+        return {**{n: spec for n, spec in PARTS.items() if n != "train_largest"}, **full_parts(args)}
+    wanted = args.parts.split(",")
+    return {n: spec for n, spec in PARTS.items() if n in wanted or (n.startswith("large") and "large" in wanted)}
 
 
 def run_isolated(name, args):
@@ -520,6 +649,12 @@ def machine(device):
     return out
 
 
+def bf16_peak_tflops(results):
+    """The GPU's dense bf16 peak of the bf16_peak part: its data sheet's, else the matmul timed; None without it."""
+    r = results.get("bf16_peak", {})
+    return r.get("sheet_tflops") or r.get("matmul_tflops")
+
+
 def table(results):
     """Rows (part, figure, value, note) of the results with their derived ratios (added to `results` too)."""
     rows = []
@@ -530,6 +665,9 @@ def table(results):
     for name, r in results.items():
         if "error" in r:
             rows.append((name, "error", r["error"][:100], ""))
+            continue
+        if "skipped" in r:
+            rows.append((name, "skipped", "", r["skipped"]))
             continue
         memory = f"{r['peak_rss_gib']:.2f} GiB peak RSS" + (f", {r['peak_cuda_gib']:.2f} GiB CUDA" if "peak_cuda_gib" in r else "")
         if name == "model":
@@ -554,13 +692,16 @@ def table(results):
             r["of_ceiling"] = of_ceiling(r)
             rows.append((name, f"{r['size']}, tiles of {r['tile']}", f"{r['seconds']:.1f} s",
                          f"{memory}; {r['gflops']:.1f} GFLOP/s, {share(r['of_ceiling'])}"))
-        elif name.startswith("train") and "skipped" in r:
-            rows.append((name, "skipped", "", r["skipped"]))
         elif name.startswith("train"):
             r["efficiency"] = of_ceiling(r)
-            largest = " (the largest that fits)" if name == "train_largest" else ""
+            largest = " (the largest that fits)" if name.endswith("largest") else ""
+            peak = bf16_peak_tflops(results)
+            if peak:
+                r["of_bf16_peak"] = r["gflops"] / 1e3 / peak
             rows.append((name, f"step, batch {r['batch']}{largest}, {r['size'][0]}x{r['size'][1]}, {r['layout']}",
-                         f"{r['seconds']:.3f} s", f"{r['images_per_s']:.2f} images/s; {r['gflop'] / 1e3:.3f} TFLOP "
+                         f"{r['seconds']:.3f} s", f"{r['seconds'] / r['batch'] * 1e3:.2f} ms per image"
+                         + (f", {r['of_bf16_peak']:.3f} of the bf16 peak" if peak else "")
+                         + f"; {r['images_per_s']:.2f} images/s; {r['gflop'] / 1e3:.3f} TFLOP "
                          f"({r['gflop_forward'] / 1e3:.3f} forward), {r['gflops']:.1f} GFLOP/s, efficiency "
                          f"{share(r['efficiency'])}; {memory}; faces found {r['faces_found']}/{r['batch']}"))
             for part, t in r["parts"].items():
@@ -571,6 +712,14 @@ def table(results):
         elif name == "eval_py":
             rows.append((name, "eval.main, recognition", f"{r['images_per_s']:.2f} images/s",
                          f"{r['images']} images, {r['seconds']:.1f} s, detection in batches of {r['batch_size']}; {memory}"))
+        elif name == "loader":
+            rows.append((name, f"train.py's loader, {r['workers']} workers", f"{r['items_per_s']:.1f} items/s",
+                         f"{r['items_per_s_per_worker']:.1f} per worker; {r['items']} items of {r['image_size']} "
+                         f"JPEGs to {r['crop_size']}x{r['crop_size']}, {r['bytes_per_item'] / 2 ** 20:.2f} MiB each"))
+        elif name == "bf16_peak":
+            sheet = f"data sheet {r['sheet_tflops']} TFLOP/s" if r["sheet_tflops"] else "not in BF16_PEAK_TFLOPS"
+            rows.append((name, f"{r['gpu']}: bf16 matmul {r['matmul_size']}^2", f"{r['matmul_tflops']:.0f} TFLOP/s",
+                         f"{sheet}; training's fractions are of the {'sheet' if r['sheet_tflops'] else 'matmul'}"))
         elif name == "precision":
             for precision in PRECISIONS:
                 d = r[precision]
@@ -586,12 +735,13 @@ def main(argv=None):
         device = resolve_device(args.device)
     except ValueError as e:
         sys.exit(f"error: {e}")
+    if args.full and device.type != "cuda" and not args.quick:
+        sys.exit(f"error: --full measures a GPU's table (training steps up to batch 64 and beyond, compiled), hours "
+                 f"on {device}; run the default parts there (or --full --quick, a smoke run)")
     if args.test_batch is None:
         args.test_batch = 16 if device.type == "cuda" else 1
-    wanted = args.parts.split(",")
-    names = [n for n in PARTS if n in wanted or (n.startswith("large") and "large" in wanted)]
     results = {}
-    for name in names:
+    for name in all_parts(args):
         print(f"running {name} ...", flush=True)
         results[name] = run_isolated(name, args)
     rows = table(results)

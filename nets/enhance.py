@@ -55,7 +55,11 @@ def training_layout(device, amp=False, size=128, rounds=5):
     """The memory format, torch.channels_last or torch.contiguous_format (NCHW), in which EnhanceNet trains faster
     on this device: forward and backward of a size x size image, timed in both layouts in turn (a few seconds on a
     CPU). It depends on the convolution kernels: on a 2-core AVX-512 EPYC channels_last takes 7 % less time per
-    training step; on an EPYC where oneDNN ran its AVX2 kernels, its weight gradient ran at a fifth of NCHW's speed."""
+    training step; on an EPYC where oneDNN ran its AVX2 kernels, its weight gradient ran at a fifth of NCHW's speed.
+    On CUDA it is channels_last without timing: cuDNN's tensor-core convolutions take NHWC, and a step of one small
+    image there would time launch overhead, not the convolutions of a training batch."""
+    if device.type == "cuda":
+        return torch.channels_last
     layouts = (torch.contiguous_format, torch.channels_last)
     models = [EnhanceNet().to(device, memory_format=layout) for layout in layouts]
     images = [torch.rand(1, 3, size, size, device=device).contiguous(memory_format=layout) for layout in layouts]

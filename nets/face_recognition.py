@@ -68,7 +68,7 @@ def align_face_numpy(image_rgb_uint8, det_row, size=FACE_SIZE):
     return torch.from_numpy((canvas / 255).transpose(2, 0, 1).copy()).float()[None]
 
 
-def align_faces(images, det_rows, size=FACE_SIZE):
+def align_faces(images, det_rows, size=FACE_SIZE, deterministic=None):
     """Differentiable face crops of a Bx3xHxW [0,1] batch (loss path).
 
     det_rows: one detection row or None per image. Returns (Kx3xSxS faces, K indices of the images with a
@@ -80,7 +80,15 @@ def align_faces(images, det_rows, size=FACE_SIZE):
     matrices of all faces sent to the device in one copy that does not wait: TF.rotate uploads two small
     tensors per face, and each such upload waits for the GPU's queue. The crops are computed in float32 also
     under bf16 autocast (a bf16 sampling grid would be off by up to half a pixel); FaceNet then runs in bf16.
+    Each face is cut from its image of images.unbind(0), so the backward adds one BxCxHxW gradient in all (a slice
+    images[i:i+1] would add a zero-filled one per face: memory traffic growing with the square of the batch).
+
+    deterministic (default: on CUDA under torch.use_deterministic_algorithms): the rotation by gathers and the
+    resize by two matrix products, the same values to float32 rounding (about 1e-6), with a backward without the
+    atomic additions of grid_sample's and interpolate's CUDA backwards, which deterministic mode refuses.
     """
+    if deterministic is None:
+        deterministic = images.is_cuda and torch.are_deterministic_algorithms_enabled()
     boxes, thetas, found = [], [], []
     for i, row in enumerate(det_rows):
         if row is None:
@@ -102,13 +110,18 @@ def align_faces(images, det_rows, size=FACE_SIZE):
     thetas = to_device(torch.stack(thetas), images.device)
     faces = []
     with torch.autocast(images.device.type, enabled=False):  # geometry in float32 also under bf16 autocast
+        whole = images.unbind(0)
         for k, (i, (x1, y1, x2, y2)) in enumerate(zip(found, boxes)):
-            crop = images[i:i + 1, :, y1:y2, x1:x2]
+            crop = whole[i][None, :, y1:y2, x1:x2]
             h, w = crop.shape[-2:]
             grid = _base_grid(h, w, images.device, images.dtype).view(1, h * w, 3).bmm(thetas[k:k + 1])
-            crop = F.grid_sample(crop, grid.view(1, h, w, 2), "bilinear", "zeros", align_corners=False)
             nh, nw = _letterbox_size(h, w, size)
-            crop = TF.resize(crop, [nh, nw], InterpolationMode.BILINEAR, antialias=True)
+            if deterministic:
+                crop = _sample_bilinear(crop, grid.view(1, h, w, 2))
+                crop = _resize_matrix(h, nh, crop) @ crop @ _resize_matrix(w, nw, crop).T
+            else:
+                crop = F.grid_sample(crop, grid.view(1, h, w, 2), "bilinear", "zeros", align_corners=False)
+                crop = TF.resize(crop, [nh, nw], InterpolationMode.BILINEAR, antialias=True)
             top, left = (size - nh) // 2, (size - nw) // 2
             faces.append(F.pad(crop, (left, size - nw - left, top, size - nh - top), value=128 / 255))
     return torch.cat(faces), found
@@ -123,6 +136,34 @@ def _base_grid(h, w, device, dtype):
     return grid
 
 
+def _sample_bilinear(image, grid):
+    """F.grid_sample(image, grid, "bilinear", "zeros", align_corners=False) of a 1xCxHxW image as a weighted sum of
+    four gathers, whose backward (a scatter-add) is deterministic on CUDA in deterministic mode."""
+    c, h, w = image.shape[1:]
+    x = ((grid[0, ..., 0] + 1) * w - 1) / 2  # pixel coordinates, as grid_sample unnormalizes them
+    y = ((grid[0, ..., 1] + 1) * h - 1) / 2
+    x0, y0 = x.floor(), y.floor()
+    flat = image.reshape(c, h * w)
+    out = 0
+    for xk, yk in ((x0, y0), (x0 + 1, y0), (x0, y0 + 1), (x0 + 1, y0 + 1)):
+        weight = (1 - (x - xk).abs()) * (1 - (y - yk).abs()) * ((xk >= 0) & (xk < w) & (yk >= 0) & (yk < h))
+        index = (yk.clamp(0, h - 1) * w + xk.clamp(0, w - 1)).long().reshape(1, -1).expand(c, -1)
+        out = out + flat.gather(1, index).view(c, *x.shape) * weight
+    return out[None]
+
+
+def _resize_matrix(size, new_size, like):
+    """new_size x size matrix of torch's bilinear antialiased resize along one axis (align_corners=False, PIL's
+    triangle filter widened by the scale when shrinking), in like's dtype on like's device."""
+    scale = size / new_size
+    support, inverse = (scale, 1 / scale) if scale >= 1 else (1.0, 1.0)
+    centre = scale * (torch.arange(new_size, dtype=torch.float64, device=like.device) + 0.5)[:, None]
+    j = torch.arange(size, dtype=torch.float64, device=like.device)[None]
+    inside = (j >= (centre - support + 0.5).trunc().clamp(min=0)) & (j < (centre + support + 0.5).trunc())
+    weight = (1 - ((j - centre + 0.5) * inverse).abs()).clamp(min=0) * inside
+    return (weight / weight.sum(1, keepdim=True)).to(like.dtype)
+
+
 def cosine_logits(embeddings, database):
     """KxN cosine similarities (torch.cosine_similarity, eps 1e-8) of every embedding with every encoding."""
     return F.cosine_similarity(embeddings.float()[:, None, :], database.float()[None, :, :], dim=2)
@@ -135,7 +176,8 @@ class FaceRecognitionLoss(nn.Module):
     steps that can also be called one by one: `detect` (without gradient, on enhanced * 255, one detector
     call per batch), `embed` (the biggest face of each image aligned from the enhanced tensor itself, all
     faces through the frozen FaceNet in one forward) and `loss`. An image without a face gets a row of zero
-    logits; the loss is the mean over the whole (global) batch.
+    logits; the loss is the mean over the whole (global) batch. forward(..., started) takes a detection queued
+    beforehand by `start_detect`.
     """
 
     def __init__(self, detector, facenet, database_encodings):
@@ -144,15 +186,26 @@ class FaceRecognitionLoss(nn.Module):
         self.facenet = facenet
         self.register_buffer("database", torch.as_tensor(database_encodings, dtype=torch.float32))
 
-    def detect(self, enhanced):
-        """The biggest face's detection row of each image, or None."""
+    def start_detect(self, enhanced):
+        """Queues the detection of `enhanced` (see FaceDetector.start) and returns at once: a handle for `detect`."""
         with torch.no_grad(), torch.autocast(enhanced.device.type, enabled=False):
-            return [biggest_face(d) for d in self.detector.detect(enhanced.detach().float() * 255)]
+            return self.detector.start(enhanced.detach().float() * 255)
+
+    def detect(self, enhanced, started=None):
+        """The biggest face's detection row of each image, or None; of the detection `started` (start_detect) when
+        given: the host waits for the device only there."""
+        started = self.start_detect(enhanced) if started is None else started
+        return [biggest_face(d) for d in self.detector.finish(started)]
 
     def embed(self, enhanced, rows):
-        """(Kx128 FaceNet embeddings with gradient to `enhanced`, the K indices of the images with a face)."""
+        """(Kx128 FaceNet embeddings with gradient to `enhanced`, the K indices of the images with a face). On CUDA
+        the faces go through FaceNet padded with blank ones to the batch size, so that its shapes stay fixed
+        (cudnn.benchmark times its kernels once); FaceNet is in eval mode, so a face's embedding does not depend
+        on the others."""
         faces, found = align_faces(enhanced, rows)
-        return self.facenet(faces), found
+        if enhanced.is_cuda and len(faces) < len(enhanced):
+            faces = torch.cat([faces, faces.new_zeros(len(enhanced) - len(faces), *faces.shape[1:])])
+        return self.facenet(faces)[:len(found)], found
 
     def loss(self, embeddings, found, labels):
         """(loss, logits BxN, found B bool) from the embeddings of the images `found` of a batch of len(labels)."""
@@ -161,10 +214,12 @@ class FaceRecognitionLoss(nn.Module):
             index = to_device(torch.tensor(found), labels.device)
             logits = logits.index_put((index,), cosine_logits(embeddings, self.database))
         mask = to_device(torch.tensor([i in found for i in range(len(labels))]), labels.device)
-        return global_mean(F.cross_entropy(logits, labels, reduction="none")), logits, mask
+        # cross-entropy as log_softmax and a gather (the same values): CUDA's nll_loss is refused in deterministic mode
+        picked = F.log_softmax(logits, 1).gather(1, labels[:, None].long())[:, 0]
+        return global_mean(-picked), logits, mask
 
-    def forward(self, enhanced, labels):
-        return self.loss(*self.embed(enhanced, self.detect(enhanced)), labels)
+    def forward(self, enhanced, labels, started=None):
+        return self.loss(*self.embed(enhanced, self.detect(enhanced, started)), labels)
 
 
 @torch.no_grad()

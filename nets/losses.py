@@ -27,12 +27,28 @@ def global_mean(x):
     return global_sum(x.sum()) / (x.numel() * world_size())
 
 
+def global_means(sums_and_sizes):
+    """[global_mean(x) for x in tensors], given as (x.sum(), x.numel()) pairs, in one collective: under torchrun the
+    sums go to the other ranks stacked (one all-reduce forward, one backward, instead of one per mean)."""
+    sums, sizes = zip(*sums_and_sizes)
+    world = world_size()
+    return [s / (size * world) for s, size in zip(global_sum(torch.stack(sums)).unbind(0), sizes)]
+
+
+def _sum_and_size(x):
+    return x.sum(), x.numel()
+
+
 def contrast_feature_loss(a_feats, p_feats, n_feats):
     """Sum over taps of w * L1(a, p) / (L1(a, n) + 1e-7); positives/negatives carry no gradient."""
-    loss = 0.0
-    for w, a, p, n in zip(CONTRAST_TAP_WEIGHTS, a_feats, p_feats, n_feats):
+    sums = []
+    for a, p, n in zip(a_feats, p_feats, n_feats):
         a, p, n = a.float(), p.detach().float(), n.detach().float()
-        loss = loss + w * global_mean((a - p).abs()) / (global_mean((a - n).abs()) + 1e-7)
+        sums += [_sum_and_size((a - p).abs()), _sum_and_size((a - n).abs())]
+    means = global_means(sums)
+    loss = 0.0
+    for k, w in enumerate(CONTRAST_TAP_WEIGHTS[:len(means) // 2]):
+        loss = loss + w * means[2 * k] / (means[2 * k + 1] + 1e-7)
     return loss
 
 
@@ -40,7 +56,8 @@ def contrast_brightness_loss(enhanced, positives, negatives):
     """mean|m(a) - m(p)| / (mean|m(a) - m(n)| + 1e-7) with m the channel mean (Bx1xHxW)."""
     m = enhanced.float().mean(1, keepdim=True)
     mp, mn = positives.float().mean(1, keepdim=True), negatives.float().mean(1, keepdim=True)
-    return global_mean((m - mp).abs()) / (global_mean((m - mn).abs()) + 1e-7)
+    to_positive, to_negative = global_means([_sum_and_size((m - mp).abs()), _sum_and_size((m - mn).abs())])
+    return to_positive / (to_negative + 1e-7)
 
 
 def perceptual_loss(input_relu4_3, enhanced_relu4_3):
@@ -91,12 +108,16 @@ def _shifted_pair(x, dy, dx):
 def smooth_loss(input, illumination):
     """Edge-aware smoothness of the illumination over 12 offsets, weights from the RGB low-light input."""
     input, illumination = input.float(), illumination.float()
-    loss = 0.0
+    sums = []
     for dy, dx in SMOOTH_OFFSETS:
         a, b = _shifted_pair(input, dy, dx)
         w = torch.exp(-0.005 * (a - b).pow(2).sum(1, keepdim=True))  # -1.0/2*0.1*0.1, as published
         ia, ib = _shifted_pair(illumination, dy, dx)
-        loss = loss + 2 * global_mean(w) * global_mean((ia - ib).abs())
+        sums += [_sum_and_size(w), _sum_and_size((ia - ib).abs())]
+    means = global_means(sums)
+    loss = 0.0
+    for k in range(len(SMOOTH_OFFSETS)):
+        loss = loss + 2 * means[2 * k] * means[2 * k + 1]
     return loss
 
 
@@ -134,7 +155,8 @@ class LowFaceNetObjective(nn.Module):
     Built once with the frozen VGG16 trunk and (optionally) the face-recognition loss; forward returns
     (total, terms, face_logits): terms maps each term name to its unweighted value (detached);
     face_logits is the BxN cosine-similarity matrix (zero rows where no face was found) or None.
-    forward is `features`, then `image_terms`, the face loss and `total`; they can also be called one by one.
+    forward starts the face detection, then runs `features`, `image_terms`, the face loss and `total`; they can also
+    be called one by one.
     """
 
     def __init__(self, vgg, face_loss=None, weights=WEIGHTS):
@@ -170,10 +192,14 @@ class LowFaceNetObjective(nn.Module):
         return sum(self.weights[k] * v for k, v in terms.items())
 
     def forward(self, enhanced, illumination, input, positives, negatives, seg_labels, face_labels=None):
+        face = self.face_loss is not None and face_labels is not None
+        # the face detection and its copy to the host are queued first: on a GPU the host runs NMS and the face
+        # choice while the device computes the VGG features and the image terms queued behind them
+        detecting = self.face_loss.start_detect(enhanced) if face else None
         features = self.features(enhanced, input, positives, negatives)
         terms = self.image_terms(enhanced, illumination, input, positives, negatives, seg_labels, features)
         face_logits = None
-        if self.face_loss is not None and face_labels is not None:
-            terms["face"], face_logits, _ = self.face_loss(enhanced, face_labels)
+        if face:
+            terms["face"], face_logits, _ = self.face_loss(enhanced, face_labels, detecting)
             face_logits = face_logits.detach()
         return self.total(terms), {k: v.detach() for k, v in terms.items()}, face_logits

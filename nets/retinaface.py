@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torchvision.ops import nms
 
 import nets
-from utils.runtime import parallel_map, to_host
+from utils.runtime import parallel_map, start_to_host, to_host
 
 
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))
@@ -205,19 +205,31 @@ class FaceDetector:
         shapes = parallel_map(paste, range(len(images)))
         return batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2) - self.mean, shapes
 
-    @torch.no_grad()
     def detect(self, images):
         """One Nx15 float64 CPU tensor per image: x1, y1, x2, y2, score, 5 landmarks (x, y), original pixels,
         score >= confidence, after NMS, sorted by score (descending)."""
         if len(images) == 0:
             return []
+        return self.finish(self.start(images))
+
+    @torch.no_grad()
+    def start(self, images):
+        """Queues the detection of a non-empty batch and the candidates' copy to the host, and returns at once: a
+        handle for `finish`. On a GPU the host can queue more work in between, which the copy does not wait for."""
         batch, shapes = self.preprocess(images)
         loc, conf, landms = (t.float() for t in self.model(batch))
         dets = torch.cat([decode(loc, self.priors), conf[..., 1:], decode_landm(landms, self.priors)], -1)
         above = dets[..., 4] >= self.confidence
         first = torch.argsort((~above).to(torch.uint8), dim=1, stable=True)[:, :self.max_candidates]  # kept ones first
         candidates = dets.gather(1, first[..., None].expand(-1, -1, dets.shape[-1]))
-        host = to_host(torch.cat([above.sum(1, keepdim=True).to(dets.dtype), candidates.flatten(1)], 1))
+        host, wait = start_to_host(torch.cat([above.sum(1, keepdim=True).to(dets.dtype), candidates.flatten(1)], 1))
+        return dets, host, wait, shapes
+
+    def finish(self, started):
+        """The detections (as `detect`) of a batch `start`ed: waits for the copy, then NMS and the mapping back to
+        the original pixels on the host."""
+        dets, host, wait, shapes = started
+        wait()
         out = []
         for k, (row, (h, w)) in enumerate(zip(host, shapes)):
             count = int(row[0])

@@ -116,15 +116,19 @@ def test_train_path_with_stored_box_matches_published(face_ref, facenet):
 
 
 class RecordingDetector:
-    """Passes detect() through to the real detector and keeps every call's input batch size and detections."""
+    """Passes start() and finish() through to the real detector and keeps every call's input batch size and
+    detections."""
 
     def __init__(self, detector):
         self.detector, self.calls = detector, []
 
-    def detect(self, images):
-        dets = self.detector.detect(images)
-        self.calls.append((len(images), dets))
-        return dets
+    def start(self, images):
+        self.calls.append([len(images), None])
+        return self.detector.start(images)
+
+    def finish(self, started):
+        self.calls[-1][1] = self.detector.finish(started)
+        return self.calls[-1][1]
 
 
 @pytest.fixture(scope="module")

@@ -246,6 +246,7 @@ EXPECTED = {
     "python benchmarks/benchmark.py": STARTS,
     "python benchmarks/benchmark.py --quick": STARTS,
     "python benchmarks/benchmark.py --device cuda --precision bf16 --json benchmarks/cuda.json": STARTS,
+    "python benchmarks/benchmark.py --device cuda --full --json benchmarks/results_cuda.json": STARTS,
     "python benchmarks/benchmark.py --device cuda --precision tf32 --compile --json benchmarks/cuda_tf32.json": STARTS,
     "python benchmarks/demo_quality.py --enhance_checkpoint checkpoint/Low-FaceNet.pth checkpoint/LLE/epoch99.pth":
         NO_ENHANCER,

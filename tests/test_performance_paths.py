@@ -92,7 +92,7 @@ def _calls(monkeypatch, obj, name):
 
 def test_detector_and_facenet_run_once_per_batch(objective_and_batch, monkeypatch):
     objective, (low, seg, labels, pos, neg) = objective_and_batch
-    detections = _calls(monkeypatch, objective.face_loss.detector, "detect")
+    detections = _calls(monkeypatch, objective.face_loss.detector, "start")  # started before the VGG features
     embeddings = _calls(monkeypatch, objective.face_loss.facenet, "forward")
     model = EnhanceNet()
     _, _, logits = objective(*model(low), low, pos, neg, seg, labels)

@@ -15,7 +15,7 @@ from nets.facenet import load_facenet
 from nets.losses import WEIGHTS, LowFaceNetObjective
 from nets.retinaface import load_retinaface
 from nets.vgg import load_vgg16
-from utils.data import TrainSet
+from utils.data import TrainSet, collate_training, training_batch
 from utils.face_database import load_encodings
 from utils.images import read_image, to_tensor, to_uint8, write_image
 
@@ -62,7 +62,7 @@ def fixed_batch(tiny_dataset, tmp_path, facenet_file, retinaface_weights, vgg_fi
                                       "LaPa-Face", detector, facenet, "cpu")
     data = TrainSet(str(face_set), names, 128, str(tiny_dataset / "Contrast/high"), str(tiny_dataset / "Contrast/low"))
     objective = LowFaceNetObjective(load_vgg16(vgg_file), FaceRecognitionLoss(detector, facenet, encodings))
-    return objective, torch.utils.data.default_collate([data[0], data[3]])
+    return objective, training_batch(collate_training([data[0], data[3]]), 128, torch.device("cpu"))
 
 
 def test_objective_decreases_on_a_fixed_batch(fixed_batch):

@@ -264,7 +264,7 @@ def test_image_unreadable_during_training_is_reported_and_skipped(data, quick, t
     shutil.copytree(data / "LaPa-Face", tmp_path / "data/LaPa-Face")
     broken = sorted((tmp_path / "data/LaPa-Face/underexposed").iterdir())[0]
     broken.write_bytes(b"")
-    monkeypatch.setattr(TrainSet, "unreadable", lambda self: [])  # it broke after the check before training
+    monkeypatch.setattr(TrainSet, "unreadable", lambda self, *share: [])  # it broke after the check before training
     train.main(quick(tmp_path, "--epoch_num", "1", "--num_workers", "1", dataset_root=tmp_path / "data"))
     log = (tmp_path / "log/train.txt").read_text()
     assert re.search(rf"^skipped {re.escape(str(broken))}: cannot read image \(empty file\); the next readable "
@@ -298,7 +298,7 @@ def test_training_data_gone_during_training_stops_in_one_line(data, quick, tmp_p
     shutil.copytree(data / "LaPa-Face", tmp_path / "data/LaPa-Face")
     for path in (tmp_path / "data/LaPa-Face/underexposed").iterdir():
         path.write_bytes(b"")
-    monkeypatch.setattr(TrainSet, "unreadable", lambda self: [])  # they broke after the check before training
+    monkeypatch.setattr(TrainSet, "unreadable", lambda self, *share: [])  # they broke after the check before training
     with pytest.raises(SystemExit) as stop:
         train.main(quick(tmp_path, "--epoch_num", "1", "--num_workers", "1", dataset_root=tmp_path / "data"))
     message = str(stop.value.code)

@@ -132,10 +132,11 @@ class WriteError(OSError):
         return f"{self.filename}: cannot write ({self.strerror})"
 
 
-def atomic_write(path, write, prefix=".tmp-"):
+def atomic_write(path, write, prefix=".tmp-", fsync=True):
     """write(binary file object) into a hidden temporary file beside `path` (its name starts with `prefix`), flush
     it to disk, then rename it over `path`: a run killed at any point leaves the old file or the new one, never a
-    broken one. A write that fails on the file system (a full disk, also when torch.save reports it as a
+    broken one. fsync=False leaves the flush to disk to the system: a killed run still leaves no broken file, a
+    system crash may. A write that fails on the file system (a full disk, also when torch.save reports it as a
     RuntimeError) raises WriteError after removing the temporary file."""
     path = str(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -149,7 +150,8 @@ def atomic_write(path, write, prefix=".tmp-"):
             os.chmod(tmp, plain_file_mode())  # not mkstemp's 0600
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
         if os.path.exists(tmp):

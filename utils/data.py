@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from utils.face_database import identity_of
 from utils.images import ImageReadError, list_images, read_image, to_tensor
+from utils.runtime import to_device
 
 
 def read_ahead(items, batch_size, workers):
@@ -78,24 +79,56 @@ class TrainingDataGone(RuntimeError):
     """Every training item has stopped being readable."""
 
 
-def load_resized(path, size):
-    """3 x size x size float image in [0,1], resized (not cropped) as the published loader does."""
-    return resize(to_tensor(read_image(path)), [size, size], antialias=True).clamp_(0, 1)
-
-
-def load_labels(path, size):
-    """size x size long parsing map, resized with nearest neighbour (never invents classes)."""
+def read_labels(path):
+    """HxW parsing map as stored: uint8 ('L' and 'P' maps give the class indices themselves), else int32."""
     try:
         with Image.open(path) as im:
-            arr = np.array(im)  # 'L' and 'P' maps give the class indices themselves
+            arr = np.array(im)
     except Exception as e:  # missing file, or a decoder's OSError, SyntaxError, EOFError, ...
         raise ValueError(f"{path}: cannot read parsing map ({e})") from None
-    labels = torch.from_numpy((arr[..., 0] if arr.ndim == 3 else arr).astype(np.int64))
-    return F.interpolate(labels[None, None].float(), size=(size, size), mode="nearest")[0, 0].long()
+    arr = arr[..., 0] if arr.ndim == 3 else arr
+    return torch.from_numpy(arr if arr.dtype == np.uint8 else arr.astype(np.int32))
+
+
+def collate_training(items):
+    """DataLoader's collate of TrainSet items: (low, labels, positives, negatives as lists of tensors of their own
+    sizes, identities as a B int64 tensor), resized on the device by training_batch."""
+    low, seg, identities, pos, neg = zip(*items)
+    return list(low), list(seg), torch.tensor(identities), list(pos), list(neg)
+
+
+def _resized(images, size, device, labels=False):
+    """B x 3 x size x size float images in [0,1] (labels: B x size x size long maps) on `device`, from a list of
+    HxWx3 uint8 images (labels: HxW maps), resized (not cropped) as the published loader does: bilinear with
+    antialias on float images in [0,1], clamped (labels: nearest neighbour, which never invents a class). The
+    images of one size go through one resize."""
+    by_size, out = {}, [None] * len(images)
+    for i, image in enumerate(images):
+        by_size.setdefault(tuple(image.shape), []).append(i)
+    for index in by_size.values():
+        x = torch.stack([to_device(images[i], device) for i in index])
+        if labels:
+            x = F.interpolate(x[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
+        else:
+            x = resize(x.permute(0, 3, 1, 2).float().div_(255), [size, size], antialias=True).clamp_(0, 1)
+        for k, i in enumerate(index):
+            out[i] = x[k]
+    return torch.stack(out)
+
+
+def training_batch(batch, size, device):
+    """(low, seg, labels, positives, negatives) on `device`, resized to size x size there, from a batch of
+    collate_training: the items travel as uint8 images and maps (float32 images and int64 maps at 384x384 were
+    6.5 MB an item), and the workers only decode."""
+    low, seg, identities, pos, neg = batch
+    return (_resized(low, size, device), _resized(seg, size, device, labels=True), to_device(identities, device),
+            _resized(pos, size, device), _resized(neg, size, device))
 
 
 class TrainSet(Dataset):
-    """Items (low-light image, parsing labels, identity index, positive, negative) of dataset/NAME.
+    """Items (low-light image, parsing labels, identity index, positive, negative) of dataset/NAME: HxWx3 uint8 and
+    HxW label tensors of the files' own sizes (collate_training batches them, training_batch resizes them on the
+    device to `size` x `size`, self.size).
 
     root: dataset/NAME with underexposed/ and seg/ (PNG label maps, same stem); names: the identities of
     the face database, in encoding order. Each item also draws one normal-light positive and one
@@ -121,12 +154,14 @@ class TrainSet(Dataset):
             if not files:
                 raise ValueError(f"{d}: no contrastive images found")
 
-    def unreadable(self):
+    def unreadable(self, part=0, parts=1):
         """One message per training image, parsing map or contrastive image that cannot be read: decoding every
-        file once before training (seconds per thousand images) keeps a corrupt file from stopping it halfway."""
+        file once before training (seconds per thousand images) keeps a corrupt file from stopping it halfway.
+        With parts > 1, only the files part, part + parts, ... (one process's share of the check under torchrun)."""
         checks = [(read_image, os.path.join(self.low_dir, rel)) for rel in self.files]
-        checks += [(lambda path: load_labels(path, 1), self._seg_path(rel)) for rel in self.files]
+        checks += [(read_labels, self._seg_path(rel)) for rel in self.files]
         checks += [(read_image, os.path.join(d, rel)) for d, files in self.contrast for rel in files]
+        checks = checks[part::parts]
         messages = []
         for read, path in tqdm(checks, desc="checking training files", unit="file", leave=False):
             try:
@@ -161,6 +196,6 @@ class TrainSet(Dataset):
         seg = self._seg_path(rel)
         rng = np.random.default_rng([self.seed, self.epoch, i])
         pos, neg = (os.path.join(d, files[rng.integers(len(files))]) for d, files in self.contrast)
-        return (load_resized(os.path.join(self.low_dir, rel), self.size), load_labels(seg, self.size),
-                self.labels[i], load_resized(pos, self.size), load_resized(neg, self.size))
+        image = lambda path: torch.from_numpy(read_image(path))
+        return image(os.path.join(self.low_dir, rel)), read_labels(seg), self.labels[i], image(pos), image(neg)
 

@@ -6,6 +6,7 @@ means over images (ratios of means, a BxB broadcast), so each is computed from s
 batch, which makes N ranks x batch b give exactly the gradient of one process with batch N*b.
 """
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -13,17 +14,22 @@ import torch.distributed as dist
 from utils.runtime import resolve_device
 
 
-def setup(device_name="auto"):
-    """(rank, world_size, device). Starts the process group when launched by torchrun."""
+def setup(device_name="auto", timeout_minutes=60):
+    """(rank, world_size, device). Starts the process group when launched by torchrun; a collective that waits
+    longer than `timeout_minutes` for the other ranks (rank 0 building a face database or validating while the
+    others wait at a barrier) ends the run."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return 0, 1, resolve_device(device_name)
+        device = resolve_device(device_name)
+        if device.type == "cuda" and device.index is not None:  # cuda:N: streams and events default to cuda:N
+            torch.cuda.set_device(device)
+        return 0, 1, device
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=timeout_minutes))
     return dist.get_rank(), world, device
 
 
@@ -47,6 +53,15 @@ def global_sum(x):
 def barrier():
     if is_distributed():
         dist.barrier()
+
+
+def gather(items):
+    """The lists `items` of all ranks joined in rank order, on every rank; `items` itself when single-process."""
+    if not is_distributed():
+        return items
+    lists = [None] * dist.get_world_size()
+    dist.all_gather_object(lists, items)
+    return [x for part in lists for x in part]
 
 
 def cleanup():

@@ -167,12 +167,12 @@ def to_uint8(tensor):
     return uint8_images(tensor).cpu().numpy()
 
 
-def write_image(array, path, temporary=".tmp-"):
+def write_image(array, path, temporary=".tmp-", fsync=True):
     """Write an HxWx3 (or HxWx4: RGBA) uint8 array with PIL (format from the extension, PIL's defaults as save_image),
     atomically, through a temporary file whose name starts with `temporary`: a killed run never leaves a
-    half-written image under an image name."""
+    half-written image under an image name (fsync: see atomic_write)."""
     fmt = Image.registered_extensions()[os.path.splitext(path)[1].lower()]
-    atomic_write(path, lambda f: Image.fromarray(array).save(f, format=fmt), prefix=temporary)
+    atomic_write(path, lambda f: Image.fromarray(array).save(f, format=fmt), prefix=temporary, fsync=fsync)
 
 
 def side_by_side(images, gap=4):

@@ -45,6 +45,8 @@ def start_device(name, precision):
         device = resolve_device(name)
     except ValueError as e:
         sys.exit(f"error: {e}")
+    if device.type == "cuda" and device.index is not None:  # cuda:N: streams and events default to cuda:N
+        torch.cuda.set_device(device)
     set_precision(precision)
     return device
 
@@ -80,9 +82,10 @@ def to_host(tensor):
 
 def start_to_host(tensor):
     """(host tensor, wait): starts copying `tensor` to the host and returns at once; the copy is complete when wait()
-    returns. On CUDA the copy goes into pinned memory behind the work already queued, and wait() waits for that
-    work and the copy, not for what the host queues in between; elsewhere the copy is made at once, and a tensor
-    on the host already is returned as it is (no copy: a large image's would cost 3 bytes per pixel)."""
+    returns. On CUDA the copy goes into pinned memory behind the work already queued on the tensor's device (its
+    current stream, also where that is not the current device), and wait() waits for that work and the copy, not
+    for what the host queues in between; elsewhere the copy is made at once, and a tensor on the host already is
+    returned as it is (no copy: a large image's would cost 3 bytes per pixel)."""
     if tensor.device.type == "cpu":
         return tensor, lambda: None
     if tensor.device.type != "cuda":
@@ -90,7 +93,7 @@ def start_to_host(tensor):
     host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
     host.copy_(tensor, non_blocking=True)
     done = torch.cuda.Event()
-    done.record()
+    done.record(torch.cuda.current_stream(tensor.device))  # the stream the copy was queued on
     return host, done.synchronize
 
 
