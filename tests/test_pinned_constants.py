@@ -18,7 +18,7 @@ from nets.facenet import load_facenet
 from nets.retinaface import load_retinaface
 from nets.vgg import VGGFeatures
 from torchvision.models import vgg16
-from utils.data import TrainSet, load_labels
+from utils.data import TrainSet, read_labels, training_batch
 from utils.face_database import load_encodings
 from utils.images import read_image, write_image
 from utils.metrics import brightness
@@ -243,7 +243,9 @@ def test_resized_parsing_maps_hold_only_the_original_classes(tmp_path, mode, siz
         im.save(path)
     else:
         Image.fromarray(labels).save(path)
-    resized = load_labels(path, size)
+    image = torch.zeros(4, 4, 3, dtype=torch.uint8)  # the batch's images: only the map is looked at
+    batch = ([image], [read_labels(path)], torch.tensor([0]), [image], [image])
+    resized = training_batch(batch, size, torch.device("cpu"))[1][0]  # as train.py resizes it, on the device
     assert resized.shape == (size, size) and resized.dtype == torch.long
     assert set(resized.unique().tolist()) <= {0, 1, 4, 10}
     # nearest neighbour as PyTorch defines it: source index floor(dst * in / out)
