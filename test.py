@@ -102,7 +102,7 @@ from utils.data import read_ahead  # noqa: E402
 from utils.images import (PILLOW_PIXEL_LIMIT, ImageReadError, ImageTooLarge, list_images, read_image,  # noqa: E402
                           side_by_side, write_image)
 from utils.output_record import claim_folder, finish_folder  # noqa: E402
-from utils.runtime import keep_freed_memory, memory_bytes, start_device, start_to_host  # noqa: E402
+from utils.runtime import check_device, keep_freed_memory, memory_bytes, start_device, start_to_host  # noqa: E402
 
 # Peak resident memory of a run on a CPU, in bytes: torch and the other libraries once imported (0.7 GiB with torch
 # 2.14's CUDA build); decoding bands and threads; the network's activations per pixel of a tile's window (float32,
@@ -204,6 +204,7 @@ def main(argv=None):
     args = parse_args(argv)
     check_args(args)
     escape_unprintable_names()
+    check_device(args.device)  # here, before anything is written; it starts once the writer processes have forked
     files, passed_over = list_images(args.underexposed_path, say=print)
     if not files:
         sys.exit(f"error: no images found in {args.underexposed_path}")
@@ -315,7 +316,7 @@ def main(argv=None):
                             good.append((rel, image))
                     for index, uint8 in enhance_uint8(model, [image for _, (image, _) in good], device, args.tile,
                                                       args.precision, tile_progress):
-                        in_flight.append((*start_to_host(uint8), [good[i] for i in index]))
+                        in_flight.append((*start_to_host(uint8, share=True), [good[i] for i in index]))
                     while len(in_flight) > 1:  # the device computes this batch while the host hands on the one before
                         deliver(*in_flight.popleft())
                     finish(max(0, len(pending) - 4 * args.batch_size))

@@ -107,8 +107,8 @@ def parse_args(argv=None):
     add_precision_flags(p)  # bf16: the ratio losses, the smoothness weights, the face crops and cosines stay float32
     p.add_argument("--compile", nargs="?", const="default", default=None,
                    choices=["default", "reduce-overhead", "max-autotune"],
-                   help="torch.compile the enhancement network and the image loss terms (mode default, or "
-                   "reduce-overhead: CUDA graphs of them); off by default; the first steps then take minutes")
+                   help="torch.compile the enhancement network, the VGG taps and the image loss terms (mode default, "
+                   "or reduce-overhead: CUDA graphs of them); off by default; the first steps then take minutes")
     p.add_argument("--memory_format", default="auto", choices=["auto", "channels_last", "contiguous"],
                    help="layout of the enhancement network in training; auto: the faster one on this device, timed "
                    "at the start on a CPU, channels_last on CUDA (contiguous, the published one, with "

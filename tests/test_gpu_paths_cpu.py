@@ -236,13 +236,15 @@ def test_test_py_flushes_each_output_to_disk_only_with_fsync(tmp_path, monkeypat
     for name in ("a.png", "b.jpg"):
         write_image(np.full((20, 24, 3), 40, np.uint8), str(tmp_path / "in" / name))
     monkeypatch.setattr(test_script.multiprocessing, "get_all_start_methods", lambda: ["spawn"])  # writer threads
-    flushed, fsync = [], os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: flushed.append(fd) or fsync(fd))
+    flushed, fsync = [], os.fsync  # the images' temporary files (the folder's record, .made_by.json, is flushed)
+    monkeypatch.setattr(os, "fsync", lambda fd: flushed.append(os.readlink(f"/proc/self/fd/{fd}")) or fsync(fd))
     for extra, out in (([], "plain"), (["--fsync"], "flushed")):
+        flushed.clear()
         assert test_script.main(["--underexposed_path", str(tmp_path / "in"), "--enhanced_path", str(tmp_path / out),
                                  "--enhance_checkpoint", str(tmp_path / "w.pth"), "--device", "cpu", *extra]) == 0
-        assert sorted(os.listdir(tmp_path / out)) == ["a.png", "b.jpg"]
-        assert len(flushed) == (2 if extra else 0), extra
+        assert sorted(os.listdir(tmp_path / out)) == [".made_by.json", "a.png", "b.jpg"]
+        images = [path for path in flushed if os.path.basename(path).startswith(".tmp-test-")]
+        assert len(images) == (2 if extra else 0), (extra, flushed)
 
 
 def test_the_full_gpu_table_is_refused_on_a_cpu_in_one_line():

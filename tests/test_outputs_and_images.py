@@ -125,10 +125,11 @@ def test_ctrl_c_ends_with_one_line_and_the_summary_and_a_rerun_finishes(tmp_path
 
 
 def kill_own_process_at_c(enhanced, output=None, *rest):
-    """test.save, but the writer process writing c.png leaves half a file and is killed, as the out-of-memory
-    killer kills (test.py pickles this by name into its writer processes)."""
+    """test.save, but the writer process writing c.png leaves half a file (named after the run's temporary prefix,
+    the argument before fsync) and is killed, as the out-of-memory killer kills (test.py pickles this by name into
+    its writer processes)."""
     if output and output.endswith("c.png") and os.getpid() != TEST_PROCESS:
-        with open(os.path.join(os.path.dirname(output), rest[-1] + "half"), "wb") as f:
+        with open(os.path.join(os.path.dirname(output), rest[-2] + "half"), "wb") as f:
             f.write(b"half an image")
         os.kill(os.getpid(), signal.SIGKILL)
     return SAVE(enhanced, output, *rest)

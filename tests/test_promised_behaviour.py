@@ -174,9 +174,9 @@ def test_inception_resnetv1_backbone_trains_end_to_end(train_args, tmp_path):
 
 
 def test_compile_through_train_py_gives_the_eager_weights(train_args, tmp_path, monkeypatch):
-    """train.py --compile reduce-overhead: torch.compile gets that mode for the network and the image terms and the
-    run steps as the eager one. Dynamo traces the real step; the graphs run on its eager backend (the inductor
-    backend would compile C++ for minutes on a small CPU)."""
+    """train.py --compile reduce-overhead: torch.compile gets that mode for the network, the VGG taps and the image
+    terms, and the run steps as the eager one. Dynamo traces the real step; the graphs run on its eager backend (the
+    inductor backend would compile C++ for minutes on a small CPU)."""
     modes = []
     real_compile = torch.compile
 
@@ -193,7 +193,7 @@ def test_compile_through_train_py_gives_the_eager_weights(train_args, tmp_path, 
                               ckpt="compiled"))
     finally:
         torch._dynamo.reset()
-    assert modes == ["reduce-overhead", "reduce-overhead"]
+    assert modes == ["reduce-overhead"] * 3
     compiled = _weights(tmp_path / "compiled/resume.pth")["model"]
     assert not any(k.startswith("_orig_mod") for k in compiled)  # keys as published
     _same_weights(compiled, _weights(tmp_path / "eager/resume.pth")["model"], atol=1e-6)
@@ -256,11 +256,11 @@ def test_two_ranks_give_the_gradients_of_one_process_over_three_sgd_steps(tiny_d
     of 3 SGD steps, and the weights after them. Every image term is a ratio, product or broadcast of means over the
     global batch, so a rank that used its own means would be off by percents; rounding is within 1e-5 of the
     largest gradient. (The face loss, a plain mean of cross-entropies, is left out: it would need faces found.)"""
-    from utils.data import TrainSet
+    from utils.data import TrainSet, collate_training, training_batch
     face_set = tiny_dataset / "LaPa-Face"
     data = TrainSet(str(face_set), IDENTITIES[:3], 64, str(tiny_dataset / "Contrast/high"),
                     str(tiny_dataset / "Contrast/low"))
-    batch = torch.utils.data.default_collate([data[i] for i in (0, 2, 3, 5)])
+    batch = training_batch(collate_training([data[i] for i in (0, 2, 3, 5)]), 64, torch.device("cpu"))
     torch.save({"batch": batch, "vgg": str(vgg_file)}, tmp_path / "setup.pt")
     (tmp_path / "worker.py").write_text(DDP_WORKER)
     _run([sys.executable, str(tmp_path / "worker.py"), str(tmp_path / "setup.pt"), str(tmp_path / "one.pt")])

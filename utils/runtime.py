@@ -38,13 +38,18 @@ def resolve_device(name="auto"):
     return device
 
 
-def start_device(name, precision):
-    """The device `name` (resolve_device) with `precision` set (set_precision), or exit with one line when this
-    machine has no such device: the start of each script's work."""
+def check_device(name):
+    """The device `name` (resolve_device), or exit with one line when this machine has no such device. It starts
+    nothing: a script may check first and fork processes before the device starts."""
     try:
-        device = resolve_device(name)
+        return resolve_device(name)
     except ValueError as e:
         sys.exit(f"error: {e}")
+
+
+def start_device(name, precision):
+    """The device `name` (check_device) with `precision` set (set_precision): the start of each script's work."""
+    device = check_device(name)
     if device.type == "cuda" and device.index is not None:  # cuda:N: streams and events default to cuda:N
         torch.cuda.set_device(device)
     set_precision(precision)
@@ -80,13 +85,13 @@ def to_host(tensor):
     return tensor.to("cpu", copy=True)
 
 
-def start_to_host(tensor):
+def start_to_host(tensor, share=False):
     """(host tensor, wait): starts copying `tensor` to the host and returns at once; the copy is complete when wait()
     returns. On CUDA the copy goes into pinned memory behind the work already queued on the tensor's device (its
     current stream, also where that is not the current device), and wait() waits for that work and the copy, not
-    for what the host queues in between; elsewhere the copy is made at once, and a tensor on the host already is
-    returned as it is (no copy: a large image's would cost 3 bytes per pixel)."""
-    if tensor.device.type == "cpu":
+    for what the host queues in between; elsewhere the copy is made at once. share=True: a tensor on the host
+    already is returned as it is (no copy: a large image's would cost 3 bytes per pixel)."""
+    if share and tensor.device.type == "cpu":
         return tensor, lambda: None
     if tensor.device.type != "cuda":
         return to_host(tensor), lambda: None
