@@ -575,20 +575,21 @@ def train(args, log, stop, rank, world, device):
     monitor = StepMonitor(device)
     model.train()
     stop.training = True  # from here a signal saves a resume point after the current step (set-up: stops at once)
-    while epoch < args.epoch_num:
-        train_set.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        order = list(sampler)[start_batch * args.batch_size:]  # resumable mid-epoch
-        loader = DataLoader(train_set, batch_size=args.batch_size, sampler=order, num_workers=args.num_workers,
-                            drop_last=True, pin_memory=device.type == "cuda", worker_init_fn=leave_signals_to_main,
-                            collate_fn=collate_training)
-        correct = seen = 0
-        monitor.reset(epoch)
-        tic = time.time()
-        bar = progress(iters_per_epoch * args.batch_size * world, start_batch * args.batch_size * world, epoch,
-                       main_process)
-        batches = iter(loader)
-        try:
+    order = []  # this epoch's (epoch, index) keys, refilled each epoch: the loader's workers start once and persist
+    loader = DataLoader(train_set, batch_size=args.batch_size, sampler=order, num_workers=args.num_workers,
+                        drop_last=True, pin_memory=device.type == "cuda", worker_init_fn=leave_signals_to_main,
+                        collate_fn=collate_training, persistent_workers=args.num_workers > 0)
+    try:
+        while epoch < args.epoch_num:
+            train_set.set_epoch(epoch)
+            sampler.set_epoch(epoch)
+            order[:] = [(epoch, i) for i in list(sampler)[start_batch * args.batch_size:]]  # resumable mid-epoch
+            correct = seen = 0
+            monitor.reset(epoch)
+            tic = time.time()
+            bar = progress(iters_per_epoch * args.batch_size * world, start_batch * args.batch_size * world, epoch,
+                           main_process)
+            batches = iter(loader)
             for it, batch in enumerate(batches, start=start_batch):
                 batch = training_batch(batch, train_set.size, device)  # uint8 from the workers, resized here
                 train_step(model, objective, optimizer, batch, monitor, args.precision, it + 1)
@@ -619,21 +620,21 @@ def train(args, log, stop, rank, world, device):
                     log(f"stopped at epoch {epoch} iteration {it + 1}{stopped_by()}; continue with --resume "
                         f"({resume_path})")
                     return
-        finally:  # loader workers ignore SIGTERM (see leave_signals_to_main): stop them also when an error ends the run
-            getattr(batches, "_shutdown_workers", lambda: None)()
-        monitor.check()
-        bar.close()
-        if main_process:
-            atomic_save(weights(), os.path.join(args.checkpoint_root, f"epoch{epoch}.pth"))
-        if validation and (epoch + 1) % args.val_every == 0:
-            validate(epoch)
-        epoch, start_batch = epoch + 1, 0
-        save_resume(epoch, 0)
-        log(f"epoch {epoch - 1} done: wrote {os.path.join(args.checkpoint_root, f'epoch{epoch - 1}.pth')}")
-        if stop_requested():  # a signal during the epoch's checkpoint or validation
-            log(f"stopped after epoch {epoch - 1}{stopped_by()}; " + (f"continue with --resume ({resume_path})"
-                if epoch < args.epoch_num else "training is complete"))
-            break
+            monitor.check()
+            bar.close()
+            if main_process:
+                atomic_save(weights(), os.path.join(args.checkpoint_root, f"epoch{epoch}.pth"))
+            if validation and (epoch + 1) % args.val_every == 0:
+                validate(epoch)
+            epoch, start_batch = epoch + 1, 0
+            save_resume(epoch, 0)
+            log(f"epoch {epoch - 1} done: wrote {os.path.join(args.checkpoint_root, f'epoch{epoch - 1}.pth')}")
+            if stop_requested():  # a signal during the epoch's checkpoint or validation
+                log(f"stopped after epoch {epoch - 1}{stopped_by()}; " + (f"continue with --resume ({resume_path})"
+                    if epoch < args.epoch_num else "training is complete"))
+                break
+    finally:  # loader workers ignore SIGTERM (see leave_signals_to_main): stop them also when an error ends the run
+        getattr(loader._iterator, "_shutdown_workers", lambda: None)()
     board.close()
 
 

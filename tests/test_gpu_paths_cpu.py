@@ -251,3 +251,26 @@ def test_the_full_gpu_table_is_refused_on_a_cpu_in_one_line():
     with pytest.raises(SystemExit) as stop:
         benchmark.main(["--full", "--device", "cpu"])
     assert str(stop.value.code).startswith("error: --full measures a GPU's table")
+
+
+def test_persistent_loader_workers_draw_each_epoch_as_fresh_ones_would(train_args, tmp_path, monkeypatch):
+    """train.py's loader workers start once and persist across epochs; each key carries its epoch, so two epochs
+    with a worker reach the weights of two epochs without one (a worker that kept its first epoch's copy of
+    TrainSet.epoch would draw other contrastive images in the second)."""
+    import train
+    loaders = []
+
+    def loader(*args, **kwargs):
+        loaders.append(kwargs["persistent_workers"])
+        return torch.utils.data.DataLoader(*args, **kwargs)
+
+    monkeypatch.setattr(train, "DataLoader", loader)
+    flags = ("--crop_size", "32", "--batch_size", "2", "--epoch_num", "2", "--deterministic")
+    for workers in ("0", "1"):
+        train.main(train_args(*flags, "--num_workers", workers, "--log_path", str(tmp_path / workers / "train.txt"),
+                              ckpt=f"ckpt{workers}"))
+    assert loaders == [False, True]  # one loader per run, whose one worker serves both epochs
+    weights = [torch.load(tmp_path / f"ckpt{w}/epoch1.pth", weights_only=True) for w in "01"]
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        torch.testing.assert_close(weights[1][key], weights[0][key], rtol=0, atol=0, msg=key)

@@ -179,22 +179,24 @@ class TrainSet(Dataset):
     def __len__(self):
         return len(self.files)
 
-    def __getitem__(self, i):
-        """Item i. When one of its files has stopped being readable, one line naming it goes to self.report (print
-        unless set) and the next readable item (i + 1, i + 2, ...) stands in: batches keep their shape and training
-        goes on."""
+    def __getitem__(self, key):
+        """Item i (key i, drawn for self.epoch, or key (epoch, i): the key carries the epoch to persistent loader
+        workers, whose copy of self.epoch is the first epoch's). When one of its files has stopped being readable,
+        one line naming it goes to self.report (print unless set) and the next readable item (i + 1, i + 2, ...)
+        stands in: batches keep their shape and training goes on."""
+        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
         for k in range(len(self.files)):
             j = (i + k) % len(self.files)
             try:
-                return self._item(j)
+                return self._item(j, epoch)
             except ValueError as e:  # ImageReadError included
                 self.report(f"skipped {e}; the next readable training item stands in")
         raise TrainingDataGone(f"{self.low_dir}: no training item can be read any more")
 
-    def _item(self, i):
+    def _item(self, i, epoch):
         rel = self.files[i]
         seg = self._seg_path(rel)
-        rng = np.random.default_rng([self.seed, self.epoch, i])
+        rng = np.random.default_rng([self.seed, epoch, i])
         pos, neg = (os.path.join(d, files[rng.integers(len(files))]) for d, files in self.contrast)
         image = lambda path: torch.from_numpy(read_image(path))
         return image(os.path.join(self.low_dir, rel)), read_labels(seg), self.labels[i], image(pos), image(neg)
