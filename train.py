@@ -497,6 +497,14 @@ def train(args, log, stop, rank, world, device):
             else:
                 model = nets.load("enhance", path, device).train()
                 optimizer = make_optimizer(model, args)
+                if validation and os.path.isfile(best.path):  # an earlier run's best: replaced only when beaten
+                    record = os.path.join(args.checkpoint_root, "resume.pth")
+                    known = read_checkpoint(record).get("best") if os.path.isfile(record) else None
+                    if not known or known["measures"] is None or known["dataset"] != args.val_dataset:
+                        log.fail(f"{best.path}: the best weights of an earlier run, whose score on "
+                                 f"{args.val_dataset} neither {path} nor a resume.pth beside it carries; move it away "
+                                 "to keep it, or resume from a resume.pth")
+                    best.load_state_dict(known)
         except CheckpointError as e:
             log.fail(f"cannot resume: {e}")
         except (KeyError, RuntimeError) as e:

@@ -399,3 +399,29 @@ def test_benchmark_repeat_and_test_batch(monkeypatch):
     assert repeats == [2, 9, 2, 9, 2, 9]  # each size, then the convolution ceiling beside it (at least 9 calls)
     batched = results["128x128 in batches of 3"]
     assert batched["images_per_s"] == pytest.approx(3 / batched["seconds"], rel=1e-9)
+
+
+def test_resume_from_a_bare_epoch_never_replaces_a_better_best(train_args, two_images, tmp_path, monkeypatch):
+    """A bare epochN.pth carries no validation score: resuming from it into a folder whose best.pth is better keeps
+    that best.pth (its score comes from the resume.pth beside it), and without that record the run refuses in one
+    line rather than replace the best weights with worse."""
+    scores = iter([22.0, 20.0])  # the first run's epoch 0, then the resumed run's epoch 1: worse
+
+    def scripted(self, model, device, precision="tf32", preview_images=4, **kwargs):
+        return dict(psnr=next(scores), ssim=0.5, brightness=0.5, face_acc=0.5, no_face=0, images=2), None
+
+    monkeypatch.setattr(Validation, "__call__", scripted)
+    run = ("--dataset_root", str(two_images), "--batch_size", "2", "--crop_size", "32", "--val_dataset", "LaPa-Face",
+           "--best_metric", "psnr", "--preview_images", "0")
+    train.main(train_args(*run, "--epoch_num", "1"))
+    best = _weights(tmp_path / "ckpt/best.pth")
+    resume = (*run, "--epoch_num", "2", "--start_epoch", "1", "--resume", "--resume_checkpoint",
+              str(tmp_path / "ckpt/epoch0.pth"))
+    train.main(train_args(*resume))
+    _same_weights(_weights(tmp_path / "ckpt/best.pth"), best)
+    assert "best.pth holds epoch 0 (psnr 22.0000" in (tmp_path / "log/train.txt").read_text().splitlines()[-2]
+    os.remove(tmp_path / "ckpt/resume.pth")
+    with pytest.raises(SystemExit) as stop:
+        train.main(train_args(*resume))
+    assert "best.pth: the best weights of an earlier run" in str(stop.value.code)
+    _same_weights(_weights(tmp_path / "ckpt/best.pth"), best)
