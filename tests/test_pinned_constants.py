@@ -301,8 +301,9 @@ def test_32_bit_images_divide_by_2_to_the_32_minus_1(tmp_path):
 
 def test_reference_generator_writes_the_stored_weight_probes():
     """tests/reference/make_reference.py (which needs the published checkout for everything else) rebuilds
-    parity_weights_probe.pt, bit for bit, from the formula and the manifests (two of its four modules here: VGG16's
-    14.7 million weights take long on a small CPU; test_core_parity checks the formula on all four)."""
+    parity_weights_probe.pt from the formula and the manifests, bit for bit but for the order of a float64 sum (two of
+    its four modules here: VGG16's 14.7 million weights take long on a small CPU; test_core_parity checks the formula
+    on all four)."""
     sys.path.insert(0, str(ROOT / "tests" / "reference"))
     try:
         import make_reference
@@ -314,5 +315,6 @@ def test_reference_generator_writes_the_stored_weight_probes():
     assert set(made) == {"seed", "doc", *tags} and int(made["seed"]) == int(stored["seed"])
     for tag in tags:
         assert made[tag].keys() == stored[tag].keys(), tag
-        for key, value in stored[tag].items():
-            assert torch.equal(made[tag][key], value), f"{tag}.{key}"
+        for key, value in stored[tag].items():  # [sum, first, last]: the float64 sum's order follows the CPU's kernels
+            torch.testing.assert_close(made[tag][key], value, rtol=1e-12, atol=0, msg=f"{tag}.{key}")
+            assert torch.equal(made[tag][key][1:], value[1:]), f"{tag}.{key}"
