@@ -57,6 +57,20 @@ def retinaface_weights():
     return _need(RETINAFACE)
 
 
+@pytest.fixture(scope="module")
+def detector(retinaface_weights):
+    """The published RetinaFace on the CPU."""
+    from nets.retinaface import load_retinaface
+    return load_retinaface(retinaface_weights, "cpu")
+
+
+@pytest.fixture(scope="module")
+def facenet(facenet_file):
+    """FaceNet (MobileNet) with the parity weights, on the CPU."""
+    from nets.facenet import load_facenet
+    return load_facenet(facenet_file, "mobilenet", "cpu")
+
+
 @pytest.fixture(scope="session")
 def face_photos(tmp_path_factory):
     """Face photos in LFW layout (NAME/NAME_000K.jpg, 250x250), IDENTITIES x 3, made from scikit-image's photos."""

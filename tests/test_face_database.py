@@ -12,20 +12,9 @@ from PIL import Image
 import utils.face_database as face_database
 from conftest import IDENTITIES, copy_faces
 from nets.facenet import load_facenet
-from nets.retinaface import load_retinaface
 from utils.face_database import MANIFEST, build_database, identity_of, load_encodings, resaved
 
 IDS = tuple(IDENTITIES[:3])
-
-
-@pytest.fixture(scope="module")
-def detector(retinaface_weights):
-    return load_retinaface(retinaface_weights, "cpu")
-
-
-@pytest.fixture(scope="module")
-def facenet(facenet_file):
-    return load_facenet(facenet_file, "mobilenet", "cpu")
 
 
 @pytest.fixture

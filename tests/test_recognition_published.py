@@ -15,22 +15,10 @@ import eval as evaluate
 import utils.face_database as face_database
 from conftest import IDENTITIES, assert_close, copy_faces, load_parity
 from nets.face_recognition import FaceRecognitionLoss, encode_faces, identify, similarities
-from nets.facenet import load_facenet
-from nets.retinaface import load_retinaface
 from utils.face_database import MANIFEST, build_database, identity_of, listdir_order, load_encodings
 from utils.images import list_images, read_image, to_tensor, write_image
 from utils.lowlight import darken
 from utils.metrics import batch_mean_accuracy
-
-
-@pytest.fixture(scope="module")
-def detector(retinaface_weights):
-    return load_retinaface(retinaface_weights, "cpu")
-
-
-@pytest.fixture(scope="module")
-def facenet(facenet_file):
-    return load_facenet(facenet_file, "mobilenet", "cpu")
 
 
 # ---------------------------------------------------------------- the published prediction path
